@@ -1,0 +1,36 @@
+"""normref: reference implementations of neural-network normalizations, weight
+reparameterizations and optimizer updates, with hand-derived backward passes.
+
+Every op is written once against the array API standard (NumPy, CuPy, PyTorch, array-api-strict,
+...), runs fast through Numba on the CPU and raw CUDA kernels on the GPU, and is specified in
+specs/<op>.md. Importing normref loads NumPy and array-api-compat only.
+"""
+
+from normref import registry
+from normref._dispatch import BACKENDS, current_backend, use_backend
+from normref.norms.layer_norm import (
+    LayerNormSaved,
+    layer_norm,
+    layer_norm_backward,
+    layer_norm_forward,
+)
+from normref.norms.rms_norm import RMSNormSaved, rms_norm, rms_norm_backward, rms_norm_forward
+from normref.registry import vjp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "LayerNormSaved",
+    "RMSNormSaved",
+    "current_backend",
+    "layer_norm",
+    "layer_norm_backward",
+    "layer_norm_forward",
+    "registry",
+    "rms_norm",
+    "rms_norm_backward",
+    "rms_norm_forward",
+    "use_backend",
+    "vjp",
+]

@@ -1,0 +1,99 @@
+"""The one place that resolves array namespaces and the dtype rules (design.md §6).
+
+Every op asks this module which namespace its arrays live in and in which dtype to accumulate:
+float64 stays float64, float32 accumulates in float32, and the 16-bit floats (float16, bfloat16)
+are computed in float32 and rounded once at the end, as PyTorch and Apex do.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import array_api_compat
+import numpy as np
+from array_api_compat import numpy as _compat_numpy
+
+__all__ = [
+    "namespace",
+    "accumulation_dtype",
+    "is_numpy",
+    "is_cupy",
+    "dtype_name",
+    "as_rows",
+    "param_vector",
+    "rows_buffer",
+    "deliver",
+]
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace shared by `arrays` (None entries are ignored)."""
+    present = [a for a in arrays if a is not None]
+    if all(type(a) is np.ndarray for a in present):  # the common case, without the generic lookup
+        return _compat_numpy
+    return array_api_compat.array_namespace(*present)
+
+
+def is_numpy(x: Any) -> bool:
+    return type(x) is np.ndarray
+
+
+def is_cupy(x: Any) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def dtype_name(dtype: Any) -> str:
+    """'float32', 'float16', 'bfloat16', ... for a dtype of any array library."""
+    return str(dtype).rpartition(".")[2]
+
+
+def accumulation_dtype(xp: Any, dtype: Any) -> Any:
+    """The dtype statistics are computed in: float64 for float64, float32 for narrower ones."""
+    return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
+    """`x` as a C-contiguous (rows, n) array: a view when it can be, a copy when it must be.
+
+    Only for NumPy and CuPy arrays (the kernel backends), which carry `flags`. Reshaping a
+    non-contiguous array to one dimension copies it in C order, which is the layout kernels want.
+    """
+    x2 = xp.reshape(x, (rows, n))
+    if not x2.flags.c_contiguous:
+        x2 = xp.reshape(xp.reshape(x, (-1,)), (rows, n))
+    return x2
+
+
+def param_vector(xp: Any, param: Any, acc: Any) -> Any:
+    """A parameter (weight, bias) as the contiguous 1-D accumulation-dtype array kernels take."""
+    if param is None:
+        return None
+    return as_rows(xp, xp.astype(param, acc, copy=False), 1, math.prod(param.shape))[0]
+
+
+def rows_buffer(xp: Any, out: Any, rows: int, n: int, dtype: Any) -> Any:
+    """Where a kernel writes a (rows, n) result: the caller's `out` itself when it is C-contiguous
+    (the whole point of `out=` is to skip the allocation), else a new array."""
+    if out is not None and out.flags.c_contiguous:
+        return xp.reshape(out, (rows, n))
+    return xp.empty((rows, n), dtype=dtype)
+
+
+def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
+    """`result` reshaped to `shape`; when the caller gave `out`, written into it (a kernel that
+    wrote into `out` directly through `rows_buffer` costs no copy here)."""
+    result = xp.reshape(result, shape)
+    if out is None:
+        return result
+    if not _same_memory(result, out):
+        out[...] = result
+    return out
+
+
+def _same_memory(a: Any, b: Any) -> bool:
+    if is_numpy(a) and is_numpy(b):
+        return a.ctypes.data == b.ctypes.data and a.strides == b.strides
+    if is_cupy(a) and is_cupy(b):
+        return a.data.ptr == b.data.ptr and a.strides == b.strides
+    return False

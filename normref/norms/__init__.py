@@ -1,0 +1,1 @@
+"""Normalizations: one module per op, each with `<op>`, `<op>_forward` and `<op>_backward`."""

@@ -1,0 +1,162 @@
+"""The op contract (design.md §3, §5, §9), checked for every registered normalization: the reference
+runs unchanged on any array-API library, calls are pure, `vjp` and `out=` behave, dispatch refuses
+what it cannot run, and importing normref loads no optional library."""
+
+import subprocess
+import sys
+
+import array_api_strict
+import numpy as np
+import pytest
+
+import normref
+from normref.registry import OPS
+
+NORMS = [op for op in OPS.values() if op.family == "normalization"]
+
+
+def inputs_for(op, case_index=0, dtype=np.float64, seed=0):
+    """The op's positional inputs for one of its registry cases, and its hyperparameters."""
+    rng = np.random.default_rng(seed)
+    case = op.cases[case_index]
+    arrays = []
+    for name in op.inputs:
+        shape = case.shapes.get(name)
+        if shape is None:
+            arrays.append(None)
+        elif name == "weight":
+            arrays.append((1 + 0.2 * rng.normal(size=shape)).astype(dtype))
+        else:
+            arrays.append(rng.normal(size=shape).astype(dtype))
+    return arrays, dict(case.hyper)
+
+
+def run(op, arrays, hyper, dy, **kw):
+    y, saved = op.forward(*arrays, **hyper, **kw)
+    return y, op.backward(dy, saved, **kw)
+
+
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+@pytest.mark.parametrize("case_index", [0, 2])
+def test_reference_runs_on_array_api_strict(op, case_index):
+    arrays, hyper = inputs_for(op, case_index)
+    dy = np.random.default_rng(1).normal(size=arrays[0].shape)
+    y, grads = run(op, arrays, hyper, dy, backend="reference")
+
+    def strict(a):
+        return None if a is None else array_api_strict.asarray(a)
+
+    ys, grads_s = run(op, [strict(a) for a in arrays], hyper, strict(dy))
+    assert type(ys).__module__.startswith("array_api_strict")
+    np.testing.assert_allclose(np.asarray(ys), y, rtol=1e-13, atol=1e-13)
+    for g, gs in zip(grads, grads_s):
+        assert (g is None) == (gs is None)
+        if g is not None:
+            np.testing.assert_allclose(np.asarray(gs), g, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_reference_runs_on_torch_tensors_passed_straight_in(op):
+    torch = pytest.importorskip("torch", reason="needs PyTorch to pass its tensors in")
+    arrays, hyper = inputs_for(op, 1)
+    dy = np.random.default_rng(2).normal(size=arrays[0].shape)
+    y, grads = run(op, arrays, hyper, dy, backend="reference")
+
+    def tensor(a):
+        return None if a is None else torch.from_numpy(a)
+
+    yt, grads_t = run(op, [tensor(a) for a in arrays], hyper, tensor(dy))
+    assert isinstance(yt, torch.Tensor) and all(
+        g is None or isinstance(g, torch.Tensor) for g in grads_t
+    )
+    np.testing.assert_allclose(yt.numpy(), y, rtol=1e-13, atol=1e-13)
+    for g, gt in zip(grads, grads_t):
+        if g is not None:
+            np.testing.assert_allclose(gt.numpy(), g, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_calls_are_pure(op, backend):
+    arrays, hyper = inputs_for(op, 0, np.float32)
+    copies = [None if a is None else a.copy() for a in arrays]
+    dy = np.random.default_rng(3).normal(size=arrays[0].shape).astype(np.float32)
+    dy_copy = dy.copy()
+    run(op, arrays, hyper, dy, backend=backend)
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(dy, dy_copy)
+
+
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_vjp_equals_forward_then_backward(op):
+    arrays, hyper = inputs_for(op, 0)
+    dy = np.random.default_rng(4).normal(size=arrays[0].shape)
+    y, grads = run(op, arrays, hyper, dy, backend="reference")
+    for name_or_fn in (op.name, op.function):
+        y2, pullback = normref.vjp(name_or_fn, *arrays, **hyper, backend="reference")
+        np.testing.assert_array_equal(y2, y)
+        for g, g2 in zip(grads, pullback(dy)):
+            assert (g is None) == (g2 is None)
+            if g is not None:
+                np.testing.assert_array_equal(g2, g)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_out_receives_the_result_contiguous_or_strided(op, backend):
+    arrays, hyper = inputs_for(op, 0, np.float32)
+    x = arrays[0]
+    dy = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+    y, grads = run(op, arrays, hyper, dy, backend=backend)
+    for out in (np.empty_like(x), np.empty(x.shape[::-1], np.float32).T):
+        got, saved = op.forward(*arrays, **hyper, out=out, backend=backend)
+        assert got is out
+        np.testing.assert_array_equal(out, y)
+    dx_out = np.empty_like(x)
+    assert op.backward(dy, saved, out=dx_out, backend=backend)[0] is dx_out
+    np.testing.assert_array_equal(dx_out, grads[0])
+
+
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_a_refused_call_leaves_out_untouched(op):
+    arrays, hyper = inputs_for(op, 0)
+    out = np.full(arrays[0].shape, 7.0)
+    with pytest.raises(ValueError):
+        op.forward(*arrays, **hyper, eps=-1.0, out=out)
+    np.testing.assert_array_equal(out, 7.0)
+
+
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_use_backend_applies_and_explicit_backends_never_fall_back(op):
+    arrays, hyper = inputs_for(op, 0)
+    strict = [None if a is None else array_api_strict.asarray(a) for a in arrays]
+    with normref.use_backend("numba"):
+        assert normref.current_backend() == "numba"
+        with pytest.raises(TypeError, match="backend='numba' runs on NumPy arrays"):
+            op.forward(*strict, **hyper)
+        # a call's own backend wins over the context
+        op.forward(*strict, **hyper, backend="reference")
+    assert normref.current_backend() == "auto"
+    with pytest.raises(TypeError, match="backend='cuda' runs on CuPy arrays"):
+        op.forward(*arrays, **hyper, backend="cuda")
+    half = [None if a is None else a.astype(np.float16) for a in arrays]
+    with pytest.raises(TypeError, match="backend='numba' takes float32, float64, got float16"):
+        op.forward(*half, **hyper, backend="numba")
+    with pytest.raises(ValueError, match="unknown backend"):
+        with normref.use_backend("tpu"):
+            pass
+
+
+def test_importing_normref_loads_no_optional_array_library():
+    code = (
+        "import sys, normref\n"
+        "optional = ('numba', 'cupy', 'torch', 'jax', 'rich')\n"
+        "loaded = sorted(m for m in optional if m in sys.modules)\n"
+        "print(','.join(loaded))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""

@@ -166,7 +166,7 @@ def _reference_forward(xp, x, weight, bias, eps, acc):
     """x: (*batch, n). Shifted two-pass statistics: subtracting the row's first element first keeps
     float32 exact for rows with a large offset (x - K is exact when x and K are close)."""
     xa = xp.astype(x, acc)
-    shift = xa[..., :1]
+    shift = xa[..., :1] if x.shape[-1] else xp.zeros(x.shape[:-1] + (1,), dtype=acc)
     d = xa - shift
     mean_d = xp.mean(d, axis=-1, keepdims=True)
     centred = d - mean_d

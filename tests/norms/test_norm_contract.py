@@ -160,3 +160,17 @@ def test_importing_normref_loads_no_optional_array_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
+def test_empty_batch_gives_empty_outputs_and_zero_parameter_gradients(op, backend):
+    arrays, hyper = inputs_for(op, 0, np.float32)
+    x = arrays[0]
+    empty = np.empty((0,) + x.shape[1:], np.float32)
+    y, saved = op.forward(empty, *arrays[1:], **hyper, backend=backend)
+    grads = op.backward(np.empty_like(empty), saved, backend=backend)
+    assert y.shape == empty.shape and grads[0].shape == empty.shape
+    for g, a in zip(grads[1:], arrays[1:]):
+        if a is not None:
+            np.testing.assert_array_equal(g, np.zeros_like(a))

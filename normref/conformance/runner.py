@@ -1,0 +1,353 @@
+"""Running golden cases on an implementation and judging the results (design.md §7).
+
+The pieces, so that later targets (PyTorch, JAX, a user's adapter) slot in as more backends:
+
+- a *backend* runs one golden case (forward, then backward from the stored dy) on some
+  implementation and hands back NumPy arrays, plus the name of what actually ran;
+- `verify` loops over cases x backends, compares every output and gradient with the float64
+  expected values using the tolerance table, and gathers a `Report` with one row per (op, backend).
+
+`normref_backends()` is the target `normref`: this install's fast paths. On NumPy arrays, the
+Numba kernels for the dtypes the registry lists for them, and backend="auto" for the other dtypes
+(float16: the report shows that the reference ran); on CuPy arrays, the same with the CUDA kernels,
+when CuPy imports and sees a GPU.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from normref._dispatch import kernels_for
+from normref.golden.store import GoldenCase, GoldenError, load_index
+from normref.golden.tolerances import scaled_error
+
+__all__ = [
+    "Backend",
+    "CaseResult",
+    "NormrefBackend",
+    "Outcome",
+    "Report",
+    "Row",
+    "normref_backends",
+    "verify",
+]
+
+PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
+
+
+@dataclass
+class Outcome:
+    """What a backend computed for one case, as NumPy arrays."""
+
+    outputs: list[Any]  # the forward's outputs, in order
+    grads: dict[str, Any]  # differentiable input name -> gradient (None when not returned)
+    ran: str  # what actually computed it, e.g. "numba" or "reference"
+    inputs_after: dict[str, np.ndarray] = field(default_factory=dict)  # to check purity
+
+
+class Backend(Protocol):
+    name: str
+
+    def handles(self, case: GoldenCase) -> bool:
+        """Whether this backend is the one that should run `case`."""
+        ...
+
+    def unavailable(self, case: GoldenCase) -> str | None:
+        """Why the backend cannot run `case` on this install, or None when it can."""
+        ...
+
+    def run(self, case: GoldenCase, arrays: Mapping[str, np.ndarray]) -> Outcome: ...
+
+
+class NormrefBackend:
+    """normref's own ops on one array library, through one `backend=` choice.
+
+    `kernel` is the library's kernel backend ("numba" for NumPy, "cuda" for CuPy). With
+    `auto=False` this runs the dtypes that kernel takes, naming it explicitly (so a missing kernel
+    is an error, never a silent fallback); with `auto=True` it runs the remaining dtypes through
+    backend="auto" and reports what dispatch chose.
+    """
+
+    def __init__(
+        self,
+        kernel: str,
+        library: str,
+        to_array: Callable[[np.ndarray], Any],
+        to_numpy: Callable[[Any], np.ndarray],
+        *,
+        auto: bool = False,
+    ) -> None:
+        self.kernel = kernel
+        self.library = library
+        self.to_array = to_array
+        self.to_numpy = to_numpy
+        self.auto = auto
+        self.name = f"{library} auto" if auto else kernel
+        self._why_not: dict[str, str | None] = {}
+
+    def _has_kernel(self, case: GoldenCase) -> bool:
+        kernels = case.info.kernels.get(self.kernel)
+        return kernels is not None and case.dtype in kernels.dtypes
+
+    def handles(self, case: GoldenCase) -> bool:
+        return self._has_kernel(case) != self.auto
+
+    def unavailable(self, case: GoldenCase) -> str | None:
+        if self.auto:
+            return None
+        if case.op not in self._why_not:
+            # Load the kernel module the way a call would (through the dispatcher), once per op.
+            probe = self.to_array(np.zeros((1, 1), dtype=case.dtype))
+            try:
+                kernels_for(case.info, probe, self.kernel)
+                self._why_not[case.op] = None
+            except Exception as e:  # ImportError above all, but any failure to load counts
+                self._why_not[case.op] = f"{type(e).__name__}: {e}"
+        return self._why_not[case.op]
+
+    def run(self, case: GoldenCase, arrays: Mapping[str, np.ndarray]) -> Outcome:
+        op = case.info
+        backend = "auto" if self.auto else self.kernel
+        # Fresh copies: a kernel that wrote into its inputs must not spoil the next backend's run.
+        given = {name: self.to_array(arrays[f"input.{name}"].copy()) for name in case.inputs}
+        dy = self.to_array(arrays["input.dy"].copy())
+        args = [given.get(name) for name in op.inputs]
+        *outputs, saved = op.forward(*args, **case.hyper, backend=backend)
+        grads = op.backward(dy, saved, backend=backend)
+        if not isinstance(grads, tuple):
+            grads = (grads,)
+        ran = self.kernel
+        if self.auto:
+            ran = "reference" if kernels_for(op, args[0], "auto") is None else self.kernel
+        return Outcome(
+            outputs=[self.to_numpy(y) for y in outputs],
+            grads={
+                name: None if g is None else self.to_numpy(g)
+                for name, g in zip(op.differentiable, grads)
+            },
+            ran=ran,
+            inputs_after={
+                **{f"input.{k}": self.to_numpy(v) for k, v in given.items()},
+                "input.dy": self.to_numpy(dy),
+            },
+        )
+
+
+def _cupy() -> tuple[Any, str | None]:
+    """(cupy, None) when CuPy imports and sees a GPU, else (None, why not)."""
+    try:
+        import cupy
+    except Exception as e:
+        return None, f"CuPy is not importable ({type(e).__name__}: {e})"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return None, f"CuPy finds no CUDA device ({type(e).__name__}: {e})"
+    if count < 1:
+        return None, "CuPy finds no CUDA device"
+    return cupy, None
+
+
+def normref_backends() -> tuple[list[Backend], list[str]]:
+    """The backends of the target `normref`, and notes on what was skipped and why."""
+    backends: list[Backend] = [
+        NormrefBackend("numba", "numpy", np.asarray, np.asarray),
+        NormrefBackend("numba", "numpy", np.asarray, np.asarray, auto=True),
+    ]
+    notes = []
+    cupy, why = _cupy()
+    if cupy is None:
+        notes.append(f"CUDA skipped: {why}")
+    else:
+        backends += [
+            NormrefBackend("cuda", "cupy", cupy.asarray, cupy.asnumpy),
+            NormrefBackend("cuda", "cupy", cupy.asarray, cupy.asnumpy, auto=True),
+        ]
+    return backends, notes
+
+
+@dataclass
+class CaseResult:
+    id: str
+    op: str
+    dtype: str
+    backend: str  # the row label: backend name, plus what ran when dispatch chose
+    verdict: str
+    worst: float | None = None  # in units of the tolerance; None when the case did not run
+    worst_in: str | None = None  # the array with the worst error
+    errors: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass
+class Row:
+    op: str
+    backend: str
+    cases: int  # cases that ran
+    worst: float | None
+    verdict: str
+    messages: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    target: str
+    rows: list[Row]
+    cases: list[CaseResult]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(row.verdict == PASS for row in self.rows)
+
+    def to_json(self) -> dict[str, Any]:
+        def num(x: float | None) -> float | str | None:
+            # JSON has no infinity; say it in words rather than write a non-standard token
+            return x if x is None or math.isfinite(x) else "inf"
+
+        return {
+            "target": self.target,
+            "ok": self.ok,
+            "notes": self.notes,
+            "rows": [
+                {
+                    "op": r.op,
+                    "backend": r.backend,
+                    "cases": r.cases,
+                    "worst": num(r.worst),
+                    "verdict": r.verdict,
+                    "messages": r.messages,
+                }
+                for r in self.rows
+            ],
+            "cases": [
+                {
+                    "id": c.id,
+                    "op": c.op,
+                    "dtype": c.dtype,
+                    "backend": c.backend,
+                    "verdict": c.verdict,
+                    "worst": num(c.worst),
+                    "worst_in": c.worst_in,
+                    "errors": {k: num(v) for k, v in c.errors.items()},
+                    "message": c.message,
+                }
+                for c in self.cases
+            ],
+        }
+
+
+def verify(
+    backends: Sequence[Backend],
+    *,
+    ops: str = "*",
+    directory: str | Path | None = None,
+    notes: Iterable[str] = (),
+    target: str = "normref",
+) -> Report:
+    """Run every golden case whose op matches the fnmatch pattern `ops` on each backend that
+    handles it, and judge it against the golden values. A GoldenError from the index propagates
+    (nothing can be checked); one from a single case's file fails that case."""
+    results: list[CaseResult] = []
+    for case in load_index(directory):
+        if not fnmatch.fnmatchcase(case.op, ops):
+            continue
+        try:
+            arrays = case.arrays()
+        except GoldenError as e:
+            results.append(
+                CaseResult(case.id, case.op, case.dtype, "golden data", FAIL, None, message=str(e))
+            )
+            continue
+        for backend in backends:
+            if backend.handles(case):
+                results.append(_run_one(backend, case, arrays))
+    return Report(target, _rows(results), results, list(notes))
+
+
+def _run_one(backend: Backend, case: GoldenCase, arrays: Mapping[str, np.ndarray]) -> CaseResult:
+    def result(label: str, verdict: str, **kw: Any) -> CaseResult:
+        return CaseResult(case.id, case.op, case.dtype, label, verdict, **kw)
+
+    why = backend.unavailable(case)
+    if why is not None:
+        return result(backend.name, UNAVAILABLE, message=why)
+    try:
+        outcome = backend.run(case, arrays)
+    except Exception as e:  # a crash is a failure of this case, not of the whole run
+        return result(backend.name, FAIL, worst=math.inf, message=f"{type(e).__name__}: {e}")
+    label = backend.name if outcome.ran == backend.name else f"{backend.name} → {outcome.ran}"
+
+    problems: list[str] = []
+    errors: dict[str, float] = {}
+
+    def judge(key: str, got: Any, tol: Any) -> None:
+        expected = arrays[key]
+        if got is None:
+            problems.append(f"{key} missing")
+            errors[key] = math.inf
+            return
+        got = np.asarray(got)
+        if got.shape != expected.shape:
+            problems.append(f"{key} has shape {got.shape}, expected {expected.shape}")
+        if expected.dtype.kind != "f":  # an exact output (a count): equal, or infinitely wrong
+            if got.dtype.kind not in "iub":
+                problems.append(f"{key} has dtype {got.dtype}, expected an integer")
+            errors[key] = 0.0 if np.array_equal(got, expected) else math.inf
+            return
+        if got.shape == expected.shape and got.dtype != np.dtype(case.dtype):
+            problems.append(f"{key} has dtype {got.dtype}, expected {case.dtype}")
+        errors[key] = scaled_error(got, expected, tol)
+
+    if len(outcome.outputs) != len(case.outputs):
+        problems.append(f"{len(outcome.outputs)} outputs, expected {len(case.outputs)}")
+    for name, got in zip(case.outputs, outcome.outputs):
+        judge(f"output.{name}", got, case.forward_tol)
+    for name in case.grads:
+        judge(f"grad.{name}", outcome.grads.get(name), case.backward_tol)
+    for key, after in outcome.inputs_after.items():
+        if not np.array_equal(after, arrays[key], equal_nan=True):
+            problems.append(f"{key} was modified in place")
+
+    worst_in = max(errors, key=errors.__getitem__) if errors else None
+    worst = errors[worst_in] if worst_in else 0.0
+    if worst > 1:
+        problems.insert(0, f"{worst_in} off by {worst:.3g}x the tolerance")
+    verdict = FAIL if problems else PASS
+    return result(
+        label, verdict, worst=worst, worst_in=worst_in, errors=errors, message="; ".join(problems)
+    )
+
+
+def _rows(results: Sequence[CaseResult]) -> list[Row]:
+    """One row per (op, backend label), in order of first appearance."""
+    groups: dict[tuple[str, str], list[CaseResult]] = {}
+    for r in results:
+        groups.setdefault((r.op, r.backend), []).append(r)
+    rows = []
+    for (op, backend), group in groups.items():
+        ran = [r for r in group if r.verdict != UNAVAILABLE]
+        worsts = [r.worst for r in ran if r.worst is not None]
+        if any(r.verdict == FAIL for r in group):
+            verdict = FAIL
+        elif len(ran) < len(group):
+            verdict = UNAVAILABLE
+        else:
+            verdict = PASS
+        # a failure is told per case; an unavailable backend once, for all its cases
+        messages = list(
+            dict.fromkeys(
+                r.message if r.verdict == UNAVAILABLE else f"{r.id}: {r.message}"
+                for r in group
+                if r.verdict != PASS and r.message
+            )
+        )
+        rows.append(Row(op, backend, len(ran), max(worsts) if worsts else None, verdict, messages))
+    return rows

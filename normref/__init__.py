@@ -8,6 +8,24 @@ specs/<op>.md. Importing normref loads NumPy and array-api-compat only.
 
 from normref import registry
 from normref._dispatch import BACKENDS, current_backend, use_backend
+from normref.norms.batch_norm import (
+    BatchNormSaved,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_forward,
+)
+from normref.norms.group_norm import (
+    GroupNormSaved,
+    group_norm,
+    group_norm_backward,
+    group_norm_forward,
+)
+from normref.norms.instance_norm import (
+    InstanceNormSaved,
+    instance_norm,
+    instance_norm_backward,
+    instance_norm_forward,
+)
 from normref.norms.layer_norm import (
     LayerNormSaved,
     layer_norm,
@@ -21,6 +39,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "BatchNormSaved",
+    "GroupNormSaved",
+    "InstanceNormSaved",
+    "batch_norm",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "group_norm",
+    "group_norm_backward",
+    "group_norm_forward",
+    "instance_norm",
+    "instance_norm_backward",
+    "instance_norm_forward",
     "LayerNormSaved",
     "RMSNormSaved",
     "current_backend",

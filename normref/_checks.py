@@ -97,3 +97,76 @@ def output(op: str, name: str, out: Any, like: Any) -> None:
             f"{op}: {name} must be an array of shape {tuple(like.shape)} and dtype {like.dtype}, "
             f"got {getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}".rstrip()
         )
+
+
+def unit_interval(op: str, name: str, value: Any) -> float:
+    """A real number in [0, 1] (a momentum, a mixing weight); returns it as a Python float."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a real number in [0, 1], got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:  # also refuses NaN
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {value!r}")
+    return v
+
+
+def flag(op: str, name: str, value: Any) -> bool:
+    """A boolean switch (training, use_input_stats): True or False, NumPy's bools included.
+
+    Anything else is refused rather than read for its truth value, so `training="False"` fails.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+
+
+def integer(op: str, name: str, value: Any, minimum: int) -> int:
+    """An integer >= minimum (a count, a number of groups): Python, NumPy or 0-d tensor integers."""
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an integer, got {value!r}")
+    # operator.index's rule, without an import: integers and integer scalars, never floats.
+    try:
+        v = int(type(value).__index__(value))
+    except (AttributeError, TypeError):
+        raise TypeError(f"{op}: {name} must be an integer, got {value!r}") from None
+    if v < minimum:
+        raise ValueError(f"{op}: {name} must be an integer >= {minimum}, got {v}")
+    return v
+
+
+def min_ndim(op: str, name: str, x: Any, ndim: int, layout: str) -> None:
+    """`x` must have at least `ndim` dimensions; `layout` names them, e.g. "(N, C, *spatial)"."""
+    if x.ndim < ndim:
+        raise ValueError(
+            f"{op}: {name} must have at least {ndim} dimensions {layout}, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+def nonnegative(op: str, name: str, value: Any) -> float:
+    """A finite real number >= 0 (a learning rate, a weight decay); returns it as a Python float."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{op}: {name} must be a real number >= 0, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number >= 0, got {value!r}") from None
+    if not (v >= 0 and math.isfinite(v)):  # also refuses NaN
+        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def decay_rate(op: str, name: str, value: Any) -> float:
+    """A real number in [0, 1) (the decay of a moving average, Adam's betas): 1 would freeze the
+    average at its initial value forever; returns it as a Python float."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"{op}: {name} must be a real number in [0, 1), got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number in [0, 1), got {value!r}") from None
+    if not 0.0 <= v < 1.0:  # also refuses NaN
+        raise ValueError(f"{op}: {name} must be in [0, 1), got {value!r}")
+    return v

@@ -1,0 +1,364 @@
+"""Batch normalization (Ioffe & Szegedy, 2015). The math, derived: specs/batch_norm.md.
+
+x has shape (N, C, *spatial); every channel c is normalized with statistics over the m = N * S
+values it holds (S = prod(spatial)). In training mode (batch statistics)::
+
+    mean  = sum(x) / m                        per channel
+    var   = sum((x - mean)^2) / m             biased, to normalize
+    rstd  = 1 / sqrt(var + eps)
+    x_hat = (x - mean) * rstd
+    y     = x_hat * weight + bias
+    running_mean <- (1 - momentum) * running_mean + momentum * mean
+    running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)   (unbiased)
+
+In eval mode the running statistics replace mean and var, and nothing is updated.
+
+Backward, with g = dy * weight and sums over the m values of a channel::
+
+    training: dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat))
+    eval:     dx = rstd * g
+    dweight = sum(dy * x_hat);  dbias = sum(dy)
+
+The helpers `_moments`, `_moments_backward`, `_affine`, `_param_grads` and `_moving_average` are
+shared with group_norm and instance_norm, which normalize over other axes of the same kind of view.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from normref import _checks, _xp, registry
+from normref._dispatch import kernels_for
+
+__all__ = ["BatchNormSaved", "batch_norm", "batch_norm_forward", "batch_norm_backward"]
+
+_NAME = "batch_norm"
+_STAT_AXES = (0, 2)  # of the (N, C, S) view: everything but the channel
+
+
+class BatchNormSaved(NamedTuple):
+    """What the backward needs from the forward."""
+
+    x: Any  # the input, its own dtype and shape (N, C, *spatial)
+    mean: Any  # (C,), accumulation dtype: the batch mean, or the running mean used in eval
+    rstd: Any  # (C,), accumulation dtype: 1 / sqrt(var + eps) of the statistics used
+    weight: Any  # (C,) or None
+    bias_dtype: Any  # dtype of the bias, or None when there is no bias
+    batch_stats: bool  # True: mean and rstd came from x, so the backward goes through them
+
+
+def batch_norm(
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training=True,
+    momentum=0.1,
+    eps=1e-5,
+    num_batches_tracked=None,
+    out=None,
+    backend=None,
+):
+    """(y, new_running_mean, new_running_var, new_num_batches_tracked): batch_norm_forward
+    without the saved tensors. The running state comes back rather than being updated in place."""
+    return batch_norm_forward(
+        x,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        training=training,
+        momentum=momentum,
+        eps=eps,
+        num_batches_tracked=num_batches_tracked,
+        out=out,
+        backend=backend,
+    )[:4]
+
+
+def batch_norm_forward(
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training=True,
+    momentum=0.1,
+    eps=1e-5,
+    num_batches_tracked=None,
+    out=None,
+    backend=None,
+):
+    """Batch norm of `x` (N, C, *spatial) per channel; returns
+    (y, new_running_mean, new_running_var, new_num_batches_tracked, BatchNormSaved).
+
+    Args map to the spec's symbols: x -> x, weight -> gamma, bias -> beta, eps -> epsilon, all
+    per channel (C,). `training=True` normalizes with the batch statistics and, when running
+    statistics are given, returns them updated with PyTorch's convention
+    `r = (1 - momentum) * r + momentum * stat`, storing the *unbiased* variance. Keras, Flax and
+    ONNX use the opposite momentum (the weight of the old value, default 0.99 / 0.99 / 0.9) and
+    store the biased variance: see specs/batch_norm.md, Conventions. `momentum=None` is PyTorch's
+    cumulative moving average, which needs `num_batches_tracked` (the number of batches already
+    averaged); the count comes back incremented whenever the running statistics were updated.
+    `training=False` normalizes with the running statistics, or with the batch statistics when
+    there are none (PyTorch's `track_running_stats=False`). Inputs are never modified; the running
+    statistics come back as given when they are not updated, and as None when absent.
+
+    >>> import numpy as np, normref
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])
+    >>> y, rm, rv, _, _ = normref.batch_norm_forward(x, running_mean=np.zeros(2),
+    ...                                              running_var=np.ones(2))
+    >>> np.round(y, 3), rm, rv
+    (array([[-1., -1.],
+           [ 1.,  1.]]), array([0.2, 2. ]), array([ 1.1, 20.9]))
+    """
+    xp = _xp.namespace(x, weight, bias, running_mean, running_var, out)
+    _checks.floating(_NAME, "x", x, xp)
+    _checks.min_ndim(_NAME, "x", x, 2, "(N, C, *spatial)")
+    channels = x.shape[1]
+    for name, arr in (
+        ("weight", weight),
+        ("bias", bias),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ):
+        if arr is not None:
+            _checks.floating(_NAME, name, arr, xp)
+            _checks.shape_is(_NAME, name, arr, (channels,), "one value per channel, x.shape[1]")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(
+            f"{_NAME}: running_mean and running_var must be given together or not at all, got "
+            f"running_mean={'None' if running_mean is None else 'an array'} and "
+            f"running_var={'None' if running_var is None else 'an array'}"
+        )
+    training = _checks.flag(_NAME, "training", training)
+    eps = _checks.positive(_NAME, "eps", eps)
+    if momentum is not None:
+        momentum = _checks.unit_interval(_NAME, "momentum", momentum)
+    if num_batches_tracked is not None:
+        num_batches_tracked = _checks.integer(_NAME, "num_batches_tracked", num_batches_tracked, 0)
+    _checks.output(_NAME, "out", out, x)
+
+    n, s = x.shape[0], math.prod(x.shape[2:])
+    m = n * s
+    tracked = running_mean is not None
+    batch_stats = training or not tracked
+    update = training and tracked
+    if batch_stats and m == 1:
+        # One value per channel has variance 0 and no unbiased estimate; PyTorch refuses it too.
+        raise ValueError(
+            f"{_NAME}: Expected more than 1 value per channel when training (batch statistics "
+            f"need N * prod(spatial) > 1), got input size {tuple(x.shape)}"
+        )
+    if update:
+        if momentum is None and num_batches_tracked is None:
+            raise ValueError(
+                f"{_NAME}: momentum=None (cumulative moving average) needs num_batches_tracked, "
+                "the number of batches already averaged into the running statistics; got None"
+            )
+        # PyTorch's BatchNorm: the count goes up first, then momentum=None averages over it.
+        factor = momentum if momentum is not None else 1.0 / (num_batches_tracked + 1)
+    kernels_for(registry.OPS[_NAME], x, backend)  # validates `backend`; there are no kernels yet
+
+    acc = _xp.accumulation_dtype(xp, x.dtype)
+    xv = xp.reshape(x, (n, channels, s))
+    pshape = (1, channels, 1)
+    if batch_stats and m > 0:
+        x_hat, mean, rstd, sumsq = _moments(xp, xv, _STAT_AXES, eps, acc)
+    else:
+        # Eval with running statistics, or an empty batch: nothing to estimate from x. An empty
+        # batch normalizes with mean 0 and rstd 1 and leaves the running statistics as they are
+        # (PyTorch returns early for it, before any update).
+        batch_stats = False
+        if tracked and m > 0:
+            mean = xp.reshape(xp.astype(running_mean, acc), pshape)
+            rstd = 1.0 / xp.sqrt(xp.reshape(xp.astype(running_var, acc), pshape) + eps)
+        else:
+            mean = xp.zeros(pshape, dtype=acc)
+            rstd = xp.ones(pshape, dtype=acc)
+        x_hat = (xp.astype(xv, acc) - mean) * rstd
+    y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+    y = _xp.deliver(xp, y, out, tuple(x.shape))
+
+    new_mean, new_var, new_count = running_mean, running_var, num_batches_tracked
+    if update:
+        if m > 0:
+            new_mean = _moving_average(xp, running_mean, xp.reshape(mean, (channels,)), factor, acc)
+            # The unbiased variance sum / (m - 1), as PyTorch divides the sum of squares directly.
+            unbiased = xp.reshape(sumsq, (channels,)) / (m - 1)
+            new_var = _moving_average(xp, running_var, unbiased, factor, acc)
+        if num_batches_tracked is not None:
+            new_count = num_batches_tracked + 1
+    saved = BatchNormSaved(
+        x,
+        xp.reshape(mean, (channels,)),
+        xp.reshape(rstd, (channels,)),
+        weight,
+        None if bias is None else bias.dtype,
+        batch_stats,
+    )
+    return y, new_mean, new_var, new_count, saved
+
+
+def batch_norm_backward(dy, saved: BatchNormSaved, *, out=None, backend=None):
+    """Gradients (dx, dweight, dbias) of batch_norm's y from the upstream gradient dy (None for an
+    absent parameter). The running statistics are state, not differentiated.
+
+    `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
+    """
+    x, weight = saved.x, saved.weight
+    xp = _xp.namespace(dy, x, out)
+    _checks.floating(_NAME, "dy", dy, xp)
+    _checks.same_shape(_NAME, "dy", dy, "x", x)
+    _checks.same_dtype(_NAME, "dy", dy, "x", x)
+    _checks.output(_NAME, "out", out, x)
+    kernels_for(registry.OPS[_NAME], x, backend)
+
+    n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    pshape = (1, channels, 1)
+    acc = saved.mean.dtype
+    mean = xp.reshape(saved.mean, pshape)
+    rstd = xp.reshape(saved.rstd, pshape)
+    x_hat = (xp.astype(xp.reshape(x, (n, channels, s)), acc) - mean) * rstd
+    dya = xp.astype(xp.reshape(dy, (n, channels, s)), acc)
+    g = dya if weight is None else dya * xp.reshape(xp.astype(weight, acc), pshape)
+    if saved.batch_stats:
+        x_hat = _recentred(xp, x_hat, _STAT_AXES)
+        dx = _moments_backward(xp, g, x_hat, rstd, _STAT_AXES)
+    else:
+        dx = g * rstd  # the statistics are constants: only the scaling remains
+    dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
+    dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _STAT_AXES)
+    return dx, dweight, dbias
+
+
+# --- the math shared by batch_norm, group_norm and instance_norm ------------------------------
+#
+# Each op reshapes x to a view in which every statistic is a reduction over `axes` (kept as size-1
+# dims), and every parameter broadcasts from `pshape` (size C along the channel dims, 1 elsewhere).
+
+
+def _moments(xp, xv, axes, eps, acc):
+    """Shifted two-pass statistics of `xv` over `axes`: (x_hat, mean, rstd, sumsq), all in `acc`,
+    mean/rstd/sumsq with `axes` kept as size-1 dims; sumsq = sum((x - mean)^2).
+
+    Subtracting the group's first element K first keeps float32 exact for data with a large
+    offset (x - K is exact when x and K are within a factor of 2: Sterbenz), and a constant group
+    gives x_hat = 0 exactly.
+    """
+    xa = xp.astype(xv, acc)
+    first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(xa.ndim))
+    shift = xa[first]
+    d = xa - shift
+    mean_d = xp.mean(d, axis=axes, keepdims=True)
+    centred = d - mean_d
+    count = math.prod(xv.shape[i] for i in axes)
+    sumsq = xp.sum(centred * centred, axis=axes, keepdims=True)
+    rstd = 1.0 / xp.sqrt(sumsq / count + eps)
+    return centred * rstd, shift + mean_d, rstd, sumsq
+
+
+def _recentred(xp, x_hat, axes):
+    """The recomputed x_hat minus its mean over `axes`: the exact x_hat has mean 0, and removing
+    the mean cancels the rounding of the saved mean (large in float32 for large-offset data)."""
+    return x_hat - xp.mean(x_hat, axis=axes, keepdims=True)
+
+
+def _moments_backward(xp, g, x_hat, rstd, axes):
+    """dx of x_hat = (x - mean) * rstd with mean and rstd taken over `axes`, given g = dL/dx_hat."""
+    mean_g = xp.mean(g, axis=axes, keepdims=True)
+    mean_gx = xp.mean(g * x_hat, axis=axes, keepdims=True)
+    return rstd * (g - mean_g - x_hat * mean_gx)
+
+
+def _affine(xp, x_hat, weight, bias, pshape, acc):
+    """x_hat * weight + bias in `acc`, the parameters broadcast from `pshape`."""
+    y = x_hat
+    if weight is not None:
+        y = y * xp.reshape(xp.astype(weight, acc), pshape)
+    if bias is not None:
+        y = y + xp.reshape(xp.astype(bias, acc), pshape)
+    return y
+
+
+def _param_grads(xp, dya, x_hat, weight, bias_dtype, axes):
+    """(dweight, dbias): sums of dy * x_hat and of dy over `axes`, flattened to the parameters'
+    (C,) and returned in their dtypes; None for an absent parameter."""
+    dweight = dbias = None
+    if weight is not None:
+        dweight = xp.reshape(xp.sum(dya * x_hat, axis=axes), (-1,))
+        dweight = xp.astype(dweight, weight.dtype)
+    if bias_dtype is not None:
+        dbias = xp.astype(xp.reshape(xp.sum(dya, axis=axes), (-1,)), bias_dtype)
+    return dweight, dbias
+
+
+def _moving_average(xp, running, stat, factor, acc):
+    """factor * stat + (1 - factor) * running, in PyTorch's order of operations, computed in the
+    wider of the accumulation dtype and the running statistic's, returned in the latter's."""
+    dtype = xp.result_type(running.dtype, acc)
+    new = factor * xp.astype(stat, dtype) + (1.0 - factor) * xp.astype(running, dtype)
+    return xp.astype(new, running.dtype)
+
+
+def batch_norm_variant(
+    x,
+    weight=None,
+    bias=None,
+    running_mean=None,
+    running_var=None,
+    *,
+    training=True,
+    momentum=0.1,
+    eps=1e-5,
+    num_batches_tracked=None,
+    momentum_weights_old=False,
+    biased_running_var=False,
+    fast_variance=False,
+):
+    """The forward's outputs (y, new_running_mean, new_running_var, new_num_batches_tracked)
+    under a peer's differing convention (specs/batch_norm.md, Conventions), for diagnosing a
+    mismatch; float64 math, not a fast path.
+
+    momentum_weights_old: r = momentum * r + (1 - momentum) * stat (Keras, Flax, ONNX), with the
+    number as given. biased_running_var: the running variance averages the biased variance.
+    fast_variance: var = max(0, E[x^2] - E[x]^2) (Flax's default).
+    """
+    xp = _xp.namespace(x, weight, bias, running_mean, running_var)
+    n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    m = n * s
+    f64 = xp.float64
+    pshape = (1, channels, 1)
+    xa = xp.reshape(xp.astype(x, f64), (n, channels, s))
+    tracked = running_mean is not None
+    if training or not tracked:
+        mean = xp.mean(xa, axis=_STAT_AXES, keepdims=True)
+        if fast_variance:
+            var = xp.mean(xa * xa, axis=_STAT_AXES, keepdims=True) - mean * mean
+            var = xp.where(var > 0, var, xp.zeros_like(var))
+        else:
+            var = xp.mean((xa - mean) ** 2, axis=_STAT_AXES, keepdims=True)
+    else:
+        mean = xp.reshape(xp.astype(running_mean, f64), pshape)
+        var = xp.reshape(xp.astype(running_var, f64), pshape)
+    y = _affine(xp, (xa - mean) / xp.sqrt(var + eps), weight, bias, pshape, f64)
+    y = xp.astype(xp.reshape(y, x.shape), x.dtype)
+    if not (training and tracked):
+        return y, running_mean, running_var, num_batches_tracked
+    # The weight of the new statistic. momentum=None (a cumulative average) exists only in PyTorch,
+    # so it keeps PyTorch's meaning under every variant.
+    if momentum is None:
+        factor = 1.0 / (num_batches_tracked + 1)
+    else:
+        factor = 1.0 - momentum if momentum_weights_old else momentum
+    stat_var = var if biased_running_var else var * (m / (m - 1))
+    new = []
+    for running, stat in ((running_mean, mean), (running_var, stat_var)):
+        r = factor * xp.reshape(stat, (channels,)) + (1.0 - factor) * xp.astype(running, f64)
+        new.append(xp.astype(r, running.dtype))
+    count = None if num_batches_tracked is None else num_batches_tracked + 1
+    return y, new[0], new[1], count

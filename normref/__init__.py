@@ -6,7 +6,12 @@ Every op is written once against the array API standard (NumPy, CuPy, PyTorch, a
 specs/<op>.md. Importing normref loads NumPy and array-api-compat only.
 """
 
+# The registry imports every op module; it goes first so that the optimizer modules, which look
+# their entries up in it, find it already there.
 from normref import registry
+
+# isort: split
+from normref import optim
 from normref._dispatch import BACKENDS, current_backend, use_backend
 from normref.norms.batch_norm import (
     BatchNormSaved,
@@ -57,6 +62,7 @@ __all__ = [
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
+    "optim",
     "registry",
     "rms_norm",
     "rms_norm_backward",

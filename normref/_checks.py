@@ -10,13 +10,19 @@ import math
 from typing import Any
 
 __all__ = [
+    "decay_rate",
+    "flag",
     "floating",
-    "same_shape",
-    "same_dtype",
-    "shape_is",
-    "positive",
+    "integer",
+    "min_ndim",
+    "nonnegative",
     "normalized_shape",
     "output",
+    "positive",
+    "same_dtype",
+    "same_shape",
+    "shape_is",
+    "unit_interval",
 ]
 
 
@@ -37,17 +43,6 @@ def shape_is(op: str, name: str, x: Any, expected: tuple[int, ...], why: str) ->
 
 def same_shape(op: str, name: str, x: Any, like_name: str, like: Any) -> None:
     shape_is(op, name, x, tuple(like.shape), f"the shape of {like_name}")
-
-
-def positive(op: str, name: str, value: Any) -> float:
-    """A finite float > 0 (eps, learning rates' relatives); returns it as a Python float."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def normalized_shape(op: str, x_shape: tuple[int, ...], given: Any, weight: Any) -> tuple[int, ...]:
@@ -99,19 +94,6 @@ def output(op: str, name: str, out: Any, like: Any) -> None:
         )
 
 
-def unit_interval(op: str, name: str, value: Any) -> float:
-    """A real number in [0, 1] (a momentum, a mixing weight); returns it as a Python float."""
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be a real number in [0, 1], got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number in [0, 1], got {value!r}") from None
-    if not 0.0 <= v <= 1.0:  # also refuses NaN
-        raise ValueError(f"{op}: {name} must be in [0, 1], got {value!r}")
-    return v
-
-
 def flag(op: str, name: str, value: Any) -> bool:
     """A boolean switch (training, use_input_stats): True or False, NumPy's bools included.
 
@@ -145,28 +127,44 @@ def min_ndim(op: str, name: str, x: Any, ndim: int, layout: str) -> None:
         )
 
 
+def _real(op: str, name: str, value: Any, expected: str) -> float:
+    """`value` as a Python float; booleans and strings are refused rather than converted."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"{op}: {name} must be {expected}, got {value!r}")
+
+
+def positive(op: str, name: str, value: Any) -> float:
+    """A finite real number > 0 (an eps); returns it as a Python float."""
+    v = _real(op, name, value, "a real number > 0")
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{op}: {name} must be a finite number > 0, got {value!r}")
+    return v
+
+
 def nonnegative(op: str, name: str, value: Any) -> float:
     """A finite real number >= 0 (a learning rate, a weight decay); returns it as a Python float."""
-    if isinstance(value, (bool, str, bytes)):
-        raise TypeError(f"{op}: {name} must be a real number >= 0, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number >= 0, got {value!r}") from None
+    v = _real(op, name, value, "a real number >= 0")
     if not (v >= 0 and math.isfinite(v)):  # also refuses NaN
         raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def unit_interval(op: str, name: str, value: Any) -> float:
+    """A real number in [0, 1] (a momentum, a mixing weight); returns it as a Python float."""
+    v = _real(op, name, value, "a real number in [0, 1]")
+    if not 0.0 <= v <= 1.0:  # also refuses NaN
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {value!r}")
     return v
 
 
 def decay_rate(op: str, name: str, value: Any) -> float:
     """A real number in [0, 1) (the decay of a moving average, Adam's betas): 1 would freeze the
     average at its initial value forever; returns it as a Python float."""
-    if isinstance(value, (bool, str, bytes)):
-        raise TypeError(f"{op}: {name} must be a real number in [0, 1), got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{op}: {name} must be a real number in [0, 1), got {value!r}") from None
+    v = _real(op, name, value, "a real number in [0, 1)")
     if not 0.0 <= v < 1.0:  # also refuses NaN
         raise ValueError(f"{op}: {name} must be in [0, 1), got {value!r}")
     return v

@@ -14,7 +14,18 @@ from normref.norms import instance_norm as _instance_norm
 from normref.norms import layer_norm as _layer_norm
 from normref.norms import rms_norm as _rms_norm
 
-__all__ = ["Case", "Kernels", "OpInfo", "Variant", "OPS", "get", "vjp"]
+__all__ = [
+    "Case",
+    "Kernels",
+    "OpInfo",
+    "OptimizerInfo",
+    "OptimizerVariant",
+    "Variant",
+    "OPS",
+    "OPTIMIZERS",
+    "get",
+    "vjp",
+]
 
 
 @dataclass(frozen=True)

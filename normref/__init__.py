@@ -13,6 +13,12 @@ from normref import registry
 # isort: split
 from normref import optim
 from normref._dispatch import BACKENDS, current_backend, use_backend
+from normref.norms.batch_channel_norm import (
+    BatchChannelNormSaved,
+    batch_channel_norm,
+    batch_channel_norm_backward,
+    batch_channel_norm_forward,
+)
 from normref.norms.batch_norm import (
     BatchNormSaved,
     batch_norm,
@@ -39,26 +45,78 @@ from normref.norms.layer_norm import (
 )
 from normref.norms.rms_norm import RMSNormSaved, rms_norm, rms_norm_backward, rms_norm_forward
 from normref.registry import vjp
+from normref.reparam.binary_connect import (
+    BinaryConnectSaved,
+    binary_connect,
+    binary_connect_backward,
+    binary_connect_forward,
+)
+from normref.reparam.scaled_weight_standardization import (
+    ScaledWeightStandardizationSaved,
+    scaled_weight_standardization,
+    scaled_weight_standardization_backward,
+    scaled_weight_standardization_forward,
+)
+from normref.reparam.spectral_norm import (
+    SpectralNormSaved,
+    spectral_norm,
+    spectral_norm_backward,
+    spectral_norm_forward,
+    spectral_norm_init,
+)
+from normref.reparam.weight_compander import (
+    WeightCompanderSaved,
+    weight_compander,
+    weight_compander_backward,
+    weight_compander_forward,
+    weight_compander_init,
+)
+from normref.reparam.weight_norm import (
+    WeightNormSaved,
+    weight_norm,
+    weight_norm_backward,
+    weight_norm_forward,
+    weight_norm_init,
+)
+from normref.reparam.weight_standardization import (
+    WeightStandardizationSaved,
+    weight_standardization,
+    weight_standardization_backward,
+    weight_standardization_forward,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "BatchChannelNormSaved",
     "BatchNormSaved",
+    "BinaryConnectSaved",
     "GroupNormSaved",
     "InstanceNormSaved",
+    "LayerNormSaved",
+    "RMSNormSaved",
+    "ScaledWeightStandardizationSaved",
+    "SpectralNormSaved",
+    "WeightCompanderSaved",
+    "WeightNormSaved",
+    "WeightStandardizationSaved",
+    "batch_channel_norm",
+    "batch_channel_norm_backward",
+    "batch_channel_norm_forward",
     "batch_norm",
     "batch_norm_backward",
     "batch_norm_forward",
+    "binary_connect",
+    "binary_connect_backward",
+    "binary_connect_forward",
+    "current_backend",
     "group_norm",
     "group_norm_backward",
     "group_norm_forward",
     "instance_norm",
     "instance_norm_backward",
     "instance_norm_forward",
-    "LayerNormSaved",
-    "RMSNormSaved",
-    "current_backend",
     "layer_norm",
     "layer_norm_backward",
     "layer_norm_forward",
@@ -67,6 +125,24 @@ __all__ = [
     "rms_norm",
     "rms_norm_backward",
     "rms_norm_forward",
+    "scaled_weight_standardization",
+    "scaled_weight_standardization_backward",
+    "scaled_weight_standardization_forward",
+    "spectral_norm",
+    "spectral_norm_backward",
+    "spectral_norm_forward",
+    "spectral_norm_init",
     "use_backend",
     "vjp",
+    "weight_compander",
+    "weight_compander_backward",
+    "weight_compander_forward",
+    "weight_compander_init",
+    "weight_norm",
+    "weight_norm_backward",
+    "weight_norm_forward",
+    "weight_norm_init",
+    "weight_standardization",
+    "weight_standardization_backward",
+    "weight_standardization_forward",
 ]

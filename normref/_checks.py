@@ -10,8 +10,10 @@ import math
 from typing import Any
 
 __all__ = [
+    "axis",
     "decay_rate",
     "flag",
+    "finite",
     "floating",
     "integer",
     "min_ndim",
@@ -167,4 +169,33 @@ def decay_rate(op: str, name: str, value: Any) -> float:
     v = _real(op, name, value, "a real number in [0, 1)")
     if not 0.0 <= v < 1.0:  # also refuses NaN
         raise ValueError(f"{op}: {name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def axis(op: str, name: str, value: Any, ndim: int, *, negative: bool = True) -> int:
+    """A dimension of an array with `ndim` dimensions (a `dim` argument), returned in [0, ndim).
+
+    Negative values count from the end when `negative` is True; otherwise they are refused (for
+    ops where a peer gives -1 another meaning, so that no call silently means something else).
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be an integer dimension, got {value!r}")
+    try:
+        v = int(type(value).__index__(value))
+    except (AttributeError, TypeError):
+        raise TypeError(f"{op}: {name} must be an integer dimension, got {value!r}") from None
+    low = -ndim if negative else 0
+    if not low <= v < ndim:
+        raise ValueError(
+            f"{op}: {name} must be in [{low}, {ndim - 1}] for an array of {ndim} dimensions, "
+            f"got {v}"
+        )
+    return v % ndim
+
+
+def finite(op: str, name: str, value: Any) -> float:
+    """Any finite real number (a gain constant, a scale); returns it as a Python float."""
+    v = _real(op, name, value, "a real number")
+    if not math.isfinite(v):
+        raise ValueError(f"{op}: {name} must be a finite number, got {value!r}")
     return v

@@ -8,11 +8,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from normref.norms import batch_channel_norm as _batch_channel_norm
 from normref.norms import batch_norm as _batch_norm
 from normref.norms import group_norm as _group_norm
 from normref.norms import instance_norm as _instance_norm
 from normref.norms import layer_norm as _layer_norm
 from normref.norms import rms_norm as _rms_norm
+from normref.reparam import binary_connect as _binary_connect
+from normref.reparam import scaled_weight_standardization as _scaled_ws
+from normref.reparam import spectral_norm as _spectral_norm
+from normref.reparam import weight_compander as _weight_compander
+from normref.reparam import weight_norm as _weight_norm
+from normref.reparam import weight_standardization as _weight_standardization
 
 __all__ = [
     "Case",
@@ -100,6 +107,12 @@ def _instance_norm_formula(**convention: Any) -> Callable[..., Any]:
     return lambda *args, **hyper: _instance_norm.instance_norm_variant(*args, **hyper, **convention)
 
 
+def _batch_channel_norm_formula(**convention: Any) -> Callable[..., Any]:
+    return lambda *args, **hyper: _batch_channel_norm.batch_channel_norm_variant(
+        *args, **hyper, **convention
+    )
+
+
 def _with_running_stats(x: tuple[int, ...], affine: bool = True) -> dict[str, Any]:
     """Case shapes for an op with per-channel parameters and running statistics (x.shape[1])."""
     channels = (x[1],)
@@ -111,6 +124,27 @@ def _with_running_stats(x: tuple[int, ...], affine: bool = True) -> dict[str, An
         "running_mean": channels,
         "running_var": channels,
     }
+
+
+def _bcn_shapes(x: tuple[int, ...], groups: int, affine: bool = True) -> dict[str, Any]:
+    """Case shapes for batch_channel_norm: per-channel batch-step affine and running estimates,
+    per-group channel-step affine."""
+    channels, per_group = (x[1],), (groups,)
+    return {
+        "x": x,
+        "bn_weight": channels if affine else None,
+        "bn_bias": channels if affine else None,
+        "weight": per_group if affine else None,
+        "bias": per_group if affine else None,
+        "running_mean": channels,
+        "running_var": channels,
+    }
+
+
+def _reparam_formula(variant: Callable[..., Any], **convention: Any) -> Callable[..., Any]:
+    """A reparameterization's forward under a peer's convention: the op's arguments, with the
+    convention's keywords (a peer's own eps among them) taking precedence."""
+    return lambda *args, **hyper: variant(*args, **{**hyper, **convention})
 
 
 OPS: dict[str, OpInfo] = {
@@ -224,9 +258,8 @@ OPS: dict[str, OpInfo] = {
             ),
             Variant("keras_eps", "Keras' default eps = 1e-3", overrides={"eps": 1e-3}),
         ),
-        # Training-mode cases only: eval mode needs running_var > 0, which the golden generator's
-        # generic draw does not guarantee. num_batches_tracked is given so that every output is an
-        # array or a number.
+        # num_batches_tracked is given so that every output is an array or a number. The eval
+        # cases rely on the generator drawing running_var in [0.5, 1.5).
         cases=(
             Case(
                 _with_running_stats((8, 3)),
@@ -243,6 +276,14 @@ OPS: dict[str, OpInfo] = {
             Case(
                 _with_running_stats((2, 3, 2, 3, 4), affine=False),
                 {"num_batches_tracked": 7},
+            ),
+            Case(
+                _with_running_stats((4, 3, 2, 5)),
+                {"training": False, "num_batches_tracked": 5},
+            ),
+            Case(
+                _with_running_stats((3, 4), affine=False),
+                {"training": False, "eps": 1e-3, "num_batches_tracked": 0},
             ),
         ),
     ),
@@ -298,8 +339,8 @@ OPS: dict[str, OpInfo] = {
             ),
             Variant("flax_eps", "Flax's default eps = 1e-6", overrides={"eps": 1e-6}),
         ),
-        # use_input_stats=True cases with running statistics, so that every output is an array
-        # (use_input_stats=False needs running_var > 0, which the generic draw does not ensure).
+        # Every case gives running statistics, so that every output is an array; the
+        # use_input_stats=False cases rely on the generator drawing running_var in [0.5, 1.5).
         cases=(
             Case(
                 _with_running_stats((2, 3, 10)),
@@ -312,6 +353,271 @@ OPS: dict[str, OpInfo] = {
                 _with_running_stats((2, 4, 3, 2, 3), affine=False),
                 {"eps": 1e-3},
             ),
+            Case(
+                _with_running_stats((3, 2, 4, 5)),
+                {"use_input_stats": False},
+            ),
+            Case(
+                _with_running_stats((2, 3, 6), affine=False),
+                {"use_input_stats": False, "eps": 1e-3},
+            ),
+        ),
+    ),
+    "batch_channel_norm": OpInfo(
+        name="batch_channel_norm",
+        family="normalization",
+        function=_batch_channel_norm.batch_channel_norm,
+        forward=_batch_channel_norm.batch_channel_norm_forward,
+        backward=_batch_channel_norm.batch_channel_norm_backward,
+        inputs=("x", "bn_weight", "bn_bias", "weight", "bias", "running_mean", "running_var"),
+        differentiable=("x", "bn_weight", "bn_bias", "weight", "bias"),
+        hyperparams={
+            "num_groups": None,
+            "training": True,
+            "momentum": None,
+            "eps": 1e-5,
+            "batch_eps": 1e-5,
+        },
+        outputs=("y", "running_mean", "running_var"),
+        spec="specs/batch_channel_norm.md",
+        variants=(
+            Variant(
+                "batch_statistics",
+                "the batch step is an ordinary batch norm (the authors' BCNorm(estimate=False), "
+                "torch.nn.BatchNorm2d): training normalizes with the batch mean and biased "
+                "variance and stores the unbiased variance",
+                forward=_batch_channel_norm_formula(batch_statistics=True),
+            ),
+            Variant(
+                "variance_about_batch_mean",
+                "the estimate's second moment is the biased batch variance, about this batch's "
+                "mean rather than the old running mean (labml_nn EstimatedBatchNorm)",
+                forward=_batch_channel_norm_formula(variance_about_batch_mean=True),
+            ),
+        ),
+        cases=(
+            Case(
+                _bcn_shapes((2, 6, 5), groups=3),
+                {"num_groups": 3, "momentum": 0.1},
+            ),
+            Case(
+                _bcn_shapes((1, 8, 3, 4), groups=4),  # a micro-batch of one
+                {"num_groups": 4, "momentum": 0.01},
+            ),
+            Case(
+                _bcn_shapes((3, 4, 2, 2, 3), groups=2, affine=False),
+                {"num_groups": 2, "momentum": 0.3, "eps": 1e-3, "batch_eps": 1e-3},
+            ),
+            Case(
+                _bcn_shapes((2, 6, 4), groups=2),
+                {"num_groups": 2, "training": False},
+            ),
+            Case(
+                _bcn_shapes((5, 8), groups=2),
+                {"num_groups": 2, "momentum": 0.5},
+            ),
+        ),
+    ),
+    # --- weight reparameterizations (normref/reparam/) --------------------------------------
+    "weight_norm": OpInfo(
+        name="weight_norm",
+        family="reparameterization",
+        function=_weight_norm.weight_norm,
+        forward=_weight_norm.weight_norm_forward,
+        backward=_weight_norm.weight_norm_backward,
+        inputs=("g", "v"),
+        differentiable=("g", "v"),
+        hyperparams={"dim": 0},
+        outputs=("w",),
+        spec="specs/weight_norm.md",
+        variants=(
+            Variant(
+                "flax_eps",
+                "w = g * v * rsqrt(sum(v^2) + 1e-12): eps inside the square root (Flax "
+                "WeightNorm), finite where v is zero",
+                forward=_reparam_formula(_weight_norm.weight_norm_variant, flax_eps=True),
+            ),
+        ),
+        cases=(
+            Case({"g": (4, 1), "v": (4, 6)}),
+            Case({"g": (3, 1, 1, 1), "v": (3, 2, 3, 3)}),
+            Case({"g": (1, 5, 1), "v": (2, 5, 3)}, {"dim": 1}),
+            Case({"g": (5,), "v": (5, 7)}),
+            Case({"g": (), "v": (3, 4)}, {"dim": None}),
+        ),
+    ),
+    "spectral_norm": OpInfo(
+        name="spectral_norm",
+        family="reparameterization",
+        function=_spectral_norm.spectral_norm,
+        forward=_spectral_norm.spectral_norm_forward,
+        backward=_spectral_norm.spectral_norm_backward,
+        inputs=("weight", "u", "v"),
+        differentiable=("weight",),
+        hyperparams={
+            "dim": 0,
+            "n_power_iterations": 1,
+            "eps": 1e-12,
+            "training": True,
+            "exact": False,
+        },
+        outputs=("w", "u", "v"),
+        spec="specs/spectral_norm.md",
+        variants=(
+            Variant(
+                "start_from_u",
+                "each power step computes v = normalize(W^T u) first, then u = normalize(W v) "
+                "(Flax, Keras): the stored v is never read in training mode",
+                forward=_reparam_formula(_spectral_norm.spectral_norm_variant, start_from_u=True),
+            ),
+            Variant(
+                "flax",
+                "Flax SpectralNorm: start_from_u, normalize(x) = x * rsqrt(sum(x^2) + eps), power "
+                "steps in eval mode too, sigma = 0 replaced by 1, 1-D weights left unchanged",
+                forward=_reparam_formula(_spectral_norm.spectral_norm_variant, flax=True),
+            ),
+            Variant(
+                "exact_sigma",
+                "sigma is the exact largest singular value (SVD), with its exact gradient",
+                overrides={"exact": True},
+            ),
+        ),
+        # The u, v state comes from the generic draw; in training mode only v is read (as the
+        # start of the power method), and a random v is as good a start as any.
+        cases=(
+            Case({"weight": (4, 6), "u": (4,), "v": (6,)}),
+            Case({"weight": (3, 2, 3, 3), "u": (3,), "v": (18,)}, {"n_power_iterations": 3}),
+            Case({"weight": (2, 3, 2, 2), "u": (3,), "v": (8,)}, {"dim": 1}),
+            Case({"weight": (5, 4), "u": (5,), "v": (4,)}, {"training": False}),
+            Case({"weight": (4, 3), "u": (4,), "v": (3,)}, {"exact": True}),
+        ),
+    ),
+    "weight_standardization": OpInfo(
+        name="weight_standardization",
+        family="reparameterization",
+        function=_weight_standardization.weight_standardization,
+        forward=_weight_standardization.weight_standardization_forward,
+        backward=_weight_standardization.weight_standardization_backward,
+        inputs=("weight",),
+        differentiable=("weight",),
+        hyperparams={"eps": 1e-5},
+        outputs=("w",),
+        spec="specs/weight_standardization.md",
+        variants=(
+            Variant(
+                "biased_std",
+                "w = (weight - mean) / (biased std + eps): the authors' TensorFlow snippet "
+                "(tf.keras.backend.std)",
+                forward=_reparam_formula(
+                    _weight_standardization.weight_standardization_variant, unbiased=False
+                ),
+            ),
+            Variant(
+                "timm",
+                "w = (weight - mean) / sqrt(biased var + eps) with eps = 1e-6 (timm StdConv2d)",
+                forward=_reparam_formula(
+                    _weight_standardization.weight_standardization_variant,
+                    unbiased=False,
+                    eps_inside_sqrt=True,
+                    eps=1e-6,
+                ),
+            ),
+            Variant(
+                "bit",
+                "w = (weight - mean) / sqrt(biased var + 1e-10) (Big Transfer's StdConv2d)",
+                forward=_reparam_formula(
+                    _weight_standardization.weight_standardization_variant,
+                    unbiased=False,
+                    eps_inside_sqrt=True,
+                    eps=1e-10,
+                ),
+            ),
+        ),
+        cases=(
+            Case({"weight": (4, 3, 3, 3)}),
+            Case({"weight": (5, 7)}),
+            Case({"weight": (3, 4)}, {"eps": 1e-3}),
+            Case({"weight": (2, 4, 5)}),
+        ),
+    ),
+    "scaled_weight_standardization": OpInfo(
+        name="scaled_weight_standardization",
+        family="reparameterization",
+        function=_scaled_ws.scaled_weight_standardization,
+        forward=_scaled_ws.scaled_weight_standardization_forward,
+        backward=_scaled_ws.scaled_weight_standardization_backward,
+        inputs=("weight", "gain"),
+        differentiable=("weight", "gain"),
+        hyperparams={"gamma": 1.0, "eps": 1e-4},
+        outputs=("w",),
+        spec="specs/scaled_weight_standardization.md",
+        variants=(
+            Variant(
+                "timm",
+                "w = gain * gamma / sqrt(N) * (weight - mean) / sqrt(var + 1e-6): eps inside the "
+                "square root, added to var rather than floored on N * var (timm ScaledStdConv2d)",
+                forward=_reparam_formula(
+                    _scaled_ws.scaled_weight_standardization_variant, timm=True, eps=1e-6
+                ),
+            ),
+        ),
+        cases=(
+            Case({"weight": (4, 3, 3, 3), "gain": (4,)}),
+            Case({"weight": (5, 7), "gain": (5, 1)}, {"gamma": 1.7139588594436646}),
+            Case({"weight": (3, 2, 4), "gain": None}),
+            # N * var is about 0.06 here, under the floor: the scale is a constant
+            Case({"weight": (3, 6), "gain": (3,)}, {"eps": 1.0}),
+        ),
+    ),
+    "weight_compander": OpInfo(
+        name="weight_compander",
+        family="reparameterization",
+        function=_weight_compander.weight_compander,
+        forward=_weight_compander.weight_compander_forward,
+        backward=_weight_compander.weight_compander_backward,
+        inputs=("v", "a", "b"),
+        differentiable=("v", "a", "b"),
+        hyperparams={},
+        outputs=("w",),
+        spec="specs/weight_compander.md",
+        # a and b absent (= 1): the generic draw can make them negative, and the compander needs
+        # a, b > 0. Learnable a, b are checked against finite differences in the tests.
+        cases=(
+            Case({"v": (4, 5), "a": None, "b": None}),
+            Case({"v": (3, 2, 3, 3), "a": None, "b": None}),
+        ),
+    ),
+    "binary_connect": OpInfo(
+        name="binary_connect",
+        family="reparameterization",
+        function=_binary_connect.binary_connect,
+        forward=_binary_connect.binary_connect_forward,
+        backward=_binary_connect.binary_connect_backward,
+        inputs=("w",),
+        differentiable=("w",),
+        hyperparams={"stochastic": False, "seed": None, "scale": 1.0, "mask_gradient": True},
+        outputs=("w_b",),
+        spec="specs/binary_connect.md",
+        variants=(
+            Variant(
+                "sign_zero_is_zero",
+                "w = 0 binarizes to 0 (torch.sign, numpy.sign) instead of +scale",
+                forward=_reparam_formula(
+                    _binary_connect.binary_connect_variant, sign_zero_is_zero=True
+                ),
+            ),
+            Variant(
+                "unmasked_straight_through",
+                "the gradient passes to every w unchanged, |w| > scale included (the authors' "
+                "BinaryConnect code, which clips w to [-H, H] after each update instead)",
+                overrides={"mask_gradient": False},
+            ),
+        ),
+        cases=(
+            Case({"w": (4, 6)}),
+            Case({"w": (3, 2, 5)}, {"scale": 0.5}),
+            Case({"w": (5, 5)}, {"stochastic": True, "seed": 0}),
+            Case({"w": (2, 8)}, {"mask_gradient": False}),
         ),
     ),
 }
@@ -357,6 +663,15 @@ _adam = import_module("normref.optim.adam")
 _clipping = import_module("normref.optim.clipping")
 _schedules = import_module("normref.optim.schedules")
 _sgd = import_module("normref.optim.sgd")
+_adamax = import_module("normref.optim.adamax")
+_nadam = import_module("normref.optim.nadam")
+_radam = import_module("normref.optim.radam")
+_adagrad = import_module("normref.optim.adagrad")
+_rmsprop = import_module("normref.optim.rmsprop")
+_adadelta = import_module("normref.optim.adadelta")
+_lamb = import_module("normref.optim.lamb")
+_lars = import_module("normref.optim.lars")
+_lion = import_module("normref.optim.lion")
 
 
 @dataclass(frozen=True)
@@ -402,6 +717,16 @@ _ADAM_DEFAULTS = {
     "amsgrad": False,
     "maximize": False,
 }
+
+
+def _variants_of(module: Any, factory_variant: Callable[..., Any]) -> tuple[OptimizerVariant, ...]:
+    """One OptimizerVariant per entry of a module's VARIANTS, built by its `<name>_variant`."""
+    return tuple(
+        OptimizerVariant(name, description, factory=partial(factory_variant, name))
+        for name, description in module.VARIANTS.items()
+    )
+
+
 _WARMUP_DEFAULTS = {"initial": 0.0, "final": 0.0}
 _ONE_CYCLE_SHAPE = {"pct_start": 0.3, "anneal": "cos", "three_phase": False}
 
@@ -451,6 +776,150 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         required=(),
         spec="specs/adamw.md",
         variants=_adam_variants(decoupled=True),
+    ),
+    "adamax": OptimizerInfo(
+        name="adamax",
+        family="optimizer",
+        factory=_adamax.adamax,
+        hyperparams={
+            "lr": 2e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/adamax.md",
+        variants=_variants_of(_adamax, _adamax.adamax_variant),
+    ),
+    "nadam": OptimizerInfo(
+        name="nadam",
+        family="optimizer",
+        factory=_nadam.nadam,
+        hyperparams={
+            "lr": 2e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "momentum_decay": 4e-3,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/nadam.md",
+        variants=_variants_of(_nadam, _nadam.nadam_variant),
+    ),
+    "radam": OptimizerInfo(
+        name="radam",
+        family="optimizer",
+        factory=_radam.radam,
+        hyperparams={
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "decoupled_weight_decay": False,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/radam.md",
+        variants=_variants_of(_radam, _radam.radam_variant),
+    ),
+    "adagrad": OptimizerInfo(
+        name="adagrad",
+        family="optimizer",
+        factory=_adagrad.adagrad,
+        hyperparams={
+            "lr": 1e-2,
+            "lr_decay": 0.0,
+            "weight_decay": 0.0,
+            "initial_accumulator_value": 0.0,
+            "eps": 1e-10,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/adagrad.md",
+        variants=_variants_of(_adagrad, _adagrad.adagrad_variant),
+    ),
+    "rmsprop": OptimizerInfo(
+        name="rmsprop",
+        family="optimizer",
+        factory=_rmsprop.rmsprop,
+        hyperparams={
+            "lr": 1e-2,
+            "alpha": 0.99,
+            "eps": 1e-8,
+            "weight_decay": 0.0,
+            "momentum": 0.0,
+            "centered": False,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/rmsprop.md",
+        variants=_variants_of(_rmsprop, _rmsprop.rmsprop_variant),
+    ),
+    "adadelta": OptimizerInfo(
+        name="adadelta",
+        family="optimizer",
+        factory=_adadelta.adadelta,
+        hyperparams={
+            "lr": 1.0,
+            "rho": 0.9,
+            "eps": 1e-6,
+            "weight_decay": 0.0,
+            "maximize": False,
+        },
+        required=(),
+        spec="specs/adadelta.md",
+        variants=(
+            OptimizerVariant(
+                "keras_defaults",
+                "Keras 3 Adadelta's defaults, the same formula: lr 1e-3, rho 0.95, eps 1e-7",
+                overrides={"lr": 1e-3, "rho": 0.95, "eps": 1e-7},
+            ),
+        ),
+    ),
+    "lamb": OptimizerInfo(
+        name="lamb",
+        family="optimizer",
+        factory=_lamb.lamb,
+        hyperparams={
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-6,
+            "weight_decay": 0.0,
+            "weight_decay_mask": True,
+            "trust_ratio_mask": True,
+        },
+        required=(),
+        spec="specs/lamb.md",
+        variants=_variants_of(_lamb, _lamb.lamb_variant),
+    ),
+    "lars": OptimizerInfo(
+        name="lars",
+        family="optimizer",
+        factory=_lars.lars,
+        hyperparams={
+            "momentum": 0.9,
+            "weight_decay": 0.0,
+            "trust_coefficient": 1e-3,
+            "eps": 0.0,
+            "nesterov": False,
+            "weight_decay_mask": True,
+            "trust_ratio_mask": True,
+        },
+        required=("lr",),
+        spec="specs/lars.md",
+        variants=_variants_of(_lars, _lars.lars_variant),
+    ),
+    "lion": OptimizerInfo(
+        name="lion",
+        family="optimizer",
+        factory=_lion.lion,
+        hyperparams={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
+        required=(),
+        spec="specs/lion.md",
+        variants=_variants_of(_lion, _lion.lion_variant),
     ),
     "clip_by_global_norm": OptimizerInfo(
         name="clip_by_global_norm",

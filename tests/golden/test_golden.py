@@ -10,6 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from reparam.torch_peers import torch_reparam_ops
 
 from normref import registry
 from normref.golden import (
@@ -262,7 +263,46 @@ def _torch_ops(torch):
         y = F.instance_norm(x, mean, var, weight, bias, use_input_stats, momentum, eps)
         return y, mean, var
 
+    def batch_channel_norm(
+        x,
+        bn_weight,
+        bn_bias,
+        weight,
+        bias,
+        mean,
+        var,
+        *,
+        num_groups,
+        training,
+        momentum,
+        eps,
+        batch_eps,
+    ):
+        # the authors' BCNorm(estimate=True) / EstBN: the estimates move under no_grad, centred on
+        # the old mean, then normalize; group statistics through batch_norm on a (1, N*G, -1) view;
+        # one affine parameter per group
+        mean, var = clone(mean), clone(var)
+        n, c = x.shape[0], x.shape[1]
+        if training:
+            with torch.no_grad():
+                t = x.transpose(0, 1).reshape(c, -1)
+                batch_mean, second = t.mean(dim=1), ((t - mean.view(-1, 1)) ** 2).mean(dim=1)
+                mean.mul_(1 - momentum).add_(momentum * batch_mean)
+                var.mul_(1 - momentum).add_(momentum * second)
+        shape = (1, c) + (1,) * (x.ndim - 2)
+        h = (x - mean.view(shape)) / torch.sqrt(var + batch_eps).view(shape)
+        h = h if bn_weight is None else h * bn_weight.view(shape)
+        h = h if bn_bias is None else h + bn_bias.view(shape)
+        h = torch.batch_norm(
+            h.reshape(1, n * num_groups, -1), None, None, None, None, True, 0.0, eps, True
+        ).reshape(n, num_groups, -1)
+        h = h if weight is None else h * weight.view(1, -1, 1)
+        h = h if bias is None else h + bias.view(1, -1, 1)
+        return h.reshape(x.shape), mean, var
+
     return {
+        **torch_reparam_ops(torch),
+        "batch_channel_norm": batch_channel_norm,
         "layer_norm": layer_norm,
         "rms_norm": rms_norm,
         "batch_norm": batch_norm,

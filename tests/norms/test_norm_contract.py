@@ -24,8 +24,10 @@ def inputs_for(op, case_index=0, dtype=np.float64, seed=0):
         shape = case.shapes.get(name)
         if shape is None:
             arrays.append(None)
-        elif name == "weight":
+        elif name.endswith("weight"):
             arrays.append((1 + 0.2 * rng.normal(size=shape)).astype(dtype))
+        elif name.endswith("var"):  # a running variance
+            arrays.append(rng.uniform(0.5, 1.5, size=shape).astype(dtype))
         else:
             arrays.append(rng.normal(size=shape).astype(dtype))
     return arrays, dict(case.hyper)

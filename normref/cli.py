@@ -1,27 +1,28 @@
 """The `normref` command.
 
-    normref verify [normref] [-v] [--ops PATTERN] [--json FILE]
-        check this install's fast backends against every golden case
+    normref verify [TARGET] [-v] [--ops PATTERN] [--skip PATTERN] [--dtype DTYPE] [--json FILE]
+        check an implementation against every golden case (and optimizer trajectory) it provides;
+        TARGET: normref (default: this install's fast backends), torch, jax, package.module,
+        package.module:attribute, or path/to/adapter.py (normref/conformance/adapter.py)
     normref golden build [--out DIR]
         regenerate the golden cases (default: the package's data directory)
+    normref golden export DIR
+        write every case as plain .npy files with a JSON manifest (specs/golden-format.md)
 
-Exit status: 0 when everything passed, 1 on any failure, 2 for a usage error. Heavy imports (rich,
-the runner, the generator) happen inside the command that needs them, so `--help` stays instant.
+Exit status: 0 when everything the target provides passed, 1 on any failure, 2 for a usage error
+(an unknown option, a target that cannot be imported or is no adapter, a pattern matching nothing).
+Heavy imports (rich, the runner, torch, the generator) happen inside the command that needs them,
+so `--help` stays instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
-import math
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 __all__ = ["main", "golden_main"]
-
-TARGETS = ("normref",)  # torch, jax and package.module:adapter come with their adapters
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -36,12 +37,28 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         "target",
         nargs="?",
         default="normref",
-        choices=TARGETS,
-        help="what to check; 'normref' (default): this install's fast backends",
+        help="what to check: normref (default: this install's fast backends), torch, jax, "
+        "package.module[:attribute] or path/to/adapter.py",
     )
     verify.add_argument("-v", "--verbose", action="store_true", help="one row per case as well")
     verify.add_argument(
-        "--ops", default="*", metavar="PATTERN", help="only ops matching this fnmatch pattern"
+        "--ops",
+        action="append",
+        metavar="PATTERN",
+        help="only ops and optimizers matching an fnmatch pattern (repeat, or comma-separate)",
+    )
+    verify.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out ops and optimizers matching a pattern (repeat, or comma-separate)",
+    )
+    verify.add_argument(
+        "--dtype",
+        action="append",
+        metavar="DTYPE",
+        help="only cases of this dtype: float64, float32, float16 (repeat, or comma-separate)",
     )
     verify.add_argument(
         "--json",
@@ -63,6 +80,11 @@ def _add_golden_commands(parser: argparse.ArgumentParser) -> None:
     build = commands.add_parser("build", help="regenerate the golden cases")
     build.add_argument("--out", metavar="DIR", help="where to write (default: the package data)")
     build.set_defaults(handler=_golden_build)
+    export = commands.add_parser(
+        "export", help="write every case as .npy files + manifest.json (specs/golden-format.md)"
+    )
+    export.add_argument("dir", metavar="DIR", help="where to write (empty, or an earlier export)")
+    export.set_defaults(handler=_golden_export)
     parser.set_defaults(handler=lambda args, _: _missing_command(parser))
 
 
@@ -110,87 +132,75 @@ def _golden_build(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return 0
 
 
+def _golden_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from normref.golden.export import ExportError, export
+
+    try:
+        manifest = export(args.dir)
+    except ExportError as e:
+        print(f"normref golden export: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(manifest['cases'])} cases to {args.dir} (manifest.json)")
+    return 0
+
+
+def _patterns(values: Sequence[str] | None, default: list[str]) -> list[str]:
+    """Repeated and comma-separated option values, flattened."""
+    if not values:
+        return default
+    return [p.strip() for v in values for p in v.split(",") if p.strip()]
+
+
 def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from normref import registry
-    from normref.conformance.runner import normref_backends, verify
+    from normref.conformance.adapter import TargetError, load_target
+    from normref.conformance.runner import select, verify
+    from normref.conformance.trajectories import optimizers
     from normref.golden.store import GoldenError
+    from normref.golden.tolerances import TOLERANCES
 
-    if not any(fnmatch.fnmatchcase(name, args.ops) for name in registry.OPS):
-        parser.error(f"--ops {args.ops!r} matches no op; ops: {', '.join(registry.OPS)}")
-    backends, notes = normref_backends()
+    ops = _patterns(args.ops, ["*"])
+    skip = _patterns(args.skip, [])
+    dtypes = _patterns(args.dtype, []) or None
+    bad = [d for d in dtypes or () if d not in TOLERANCES]
+    if bad:
+        parser.error(f"--dtype {', '.join(bad)}: dtypes are {', '.join(TOLERANCES)}")
     try:
-        report = verify(backends, ops=args.ops, notes=notes, target=args.target)
+        target = load_target(args.target)
+    except TargetError as e:
+        parser.error(str(e))
+    names = list(registry.OPS) + (list(optimizers()) if target.optimizers else [])
+    if not any(select(name, ops, skip) for name in names):
+        parser.error(
+            f"--ops {','.join(ops)} --skip {','.join(skip) or '-'} selects nothing; "
+            f"names: {', '.join(names)}"
+        )
+
+    from normref.conformance.display import print_report, progress_bar
+
+    try:
+        with progress_bar() as progress:
+            report = verify(
+                target.backends,
+                ops=ops,
+                skip=skip,
+                dtypes=dtypes,
+                notes=target.notes,
+                target=target.label,
+                trajectories=target.optimizers,
+                progress=progress,
+            )
     except GoldenError as e:
         print(f"normref verify: {e}", file=sys.stderr)
         if args.json:
             args.json.close()
         return 1
-    _print_report(report, verbose=args.verbose)
+    print_report(report, verbose=args.verbose)
     if args.json:
         with args.json as f:
             json.dump(report.to_json(), f, indent=1)
             f.write("\n")
     return 0 if report.ok else 1
-
-
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "—"
-    return "inf" if math.isinf(x) else f"{x:.3g}"
-
-
-_STYLE = {"PASS": "green", "FAIL": "bold red", "UNAVAILABLE": "yellow"}
-
-
-def _print_report(report: Any, *, verbose: bool) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        # Rich assumes 80 columns when writing to a pipe or file; a log can afford a full row.
-        console.width = max(console.width, 120)
-    table = Table(title=f"normref verify {report.target}", title_justify="left")
-    table.add_column("op")
-    table.add_column("backend")
-    table.add_column("cases", justify="right")
-    table.add_column("worst error (× tol)", justify="right")
-    table.add_column("verdict")
-    for row in report.rows:
-        style = _STYLE.get(row.verdict, "")
-        table.add_row(
-            row.op, row.backend, str(row.cases), _fmt(row.worst), f"[{style}]{row.verdict}[/]"
-        )
-        if verbose:
-            for case in report.cases:
-                if (case.op, case.backend) != (row.op, row.backend):
-                    continue
-                worst = _fmt(case.worst)
-                if case.worst_in is not None:
-                    worst += f" ({case.worst_in})"
-                table.add_row(
-                    f"  {case.id}",
-                    "",
-                    "",
-                    worst,
-                    f"[{_STYLE.get(case.verdict, '')}]{case.verdict}[/]",
-                    style="dim",
-                )
-    console.print(table)
-    for note in report.notes:
-        console.print(note, markup=False)
-    for row in report.rows:
-        for message in row.messages:
-            console.print(f"{row.verdict} {row.op} [{row.backend}]: {message}", markup=False)
-    failed = [f"{r.op} [{r.backend}]" for r in report.rows if r.verdict != "PASS"]
-    total = sum(r.cases for r in report.rows)
-    if report.ok:
-        console.print(f"[green]all {total} case runs passed[/]")
-    elif not report.rows:
-        console.print("[bold red]no golden case ran[/]")
-    else:
-        console.print(f"[bold red]not passed:[/] {escape(', '.join(failed))}")
 
 
 if __name__ == "__main__":

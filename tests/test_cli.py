@@ -225,7 +225,9 @@ def test_runner_takes_any_backend():
         [],
         ["frobnicate"],
         ["verify", "--bogus"],
-        ["verify", "torch"],  # targets other than normref are not built yet
+        ["verify", "no_such_target_module"],  # neither a built-in target nor importable
+        ["verify", "--dtype", "float8"],
+        ["verify", "--skip", "*"],  # skips everything: nothing to check is a usage error
         ["verify", "--ops", "no_such_op*"],
         ["verify", "--json", "/no/such/dir/report.json"],
         ["golden"],
@@ -260,11 +262,12 @@ def test_golden_build_command(tmp_path, capsys):
 
 
 def test_cli_and_conformance_import_lightly():
-    """`import normref` loads NumPy and array-api-compat only; the CLI and runner add no heavy
-    imports until a command runs."""
+    """`import normref` loads NumPy and array-api-compat only; the CLI, the runner and the pytest
+    plugin add no heavy imports until a command runs."""
     code = (
-        "import sys, normref, normref.cli, normref.golden, normref.conformance; "
-        "print(sorted(m for m in ('rich', 'numba', 'cupy', 'torch') if m in sys.modules))"
+        "import sys, normref, normref.cli, normref.golden, normref.conformance, "
+        "normref.conformance.adapter, normref.conformance.pytest_plugin; "
+        "print(sorted(m for m in ('rich', 'numba', 'cupy', 'torch', 'jax') if m in sys.modules))"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60

@@ -1,16 +1,21 @@
 """Running golden cases on an implementation and judging the results (design.md §7).
 
-The pieces, so that later targets (PyTorch, JAX, a user's adapter) slot in as more backends:
-
-- a *backend* runs one golden case (forward, then backward from the stored dy) on some
-  implementation and hands back NumPy arrays, plus the name of what actually ran;
+- a *backend* runs one case (forward, then backward from the stored dy; or an optimizer's whole
+  trajectory) on some implementation and hands back NumPy arrays, plus the name of what ran;
 - `verify` loops over cases x backends, compares every output and gradient with the float64
-  expected values using the tolerance table, and gathers a `Report` with one row per (op, backend).
+  expected values using the tolerance table, gathers a `Report` with one row per (op, backend),
+  and diagnoses every failing row (normref.conformance.diagnosis): which convention variant of
+  the op, if any, the target computes instead.
 
 `normref_backends()` is the target `normref`: this install's fast paths. On NumPy arrays, the
 Numba kernels for the dtypes the registry lists for them, and backend="auto" for the other dtypes
 (float16: the report shows that the reference ran); on CuPy arrays, the same with the CUDA kernels,
-when CuPy imports and sees a GPU.
+when CuPy imports and sees a GPU. Other targets (PyTorch, JAX, a user's module) are adapters:
+normref.conformance.adapter.
+
+Verdicts: PASS; FAIL; UNAVAILABLE (normref's own kernels cannot load: a broken install, which
+fails the run); NOT PROVIDED (an adapter lacks the op, or says it does not support a case: listed,
+never counted as passing, and not a failure).
 """
 
 from __future__ import annotations
@@ -31,25 +36,44 @@ from normref.golden.tolerances import scaled_error
 __all__ = [
     "Backend",
     "CaseResult",
+    "NOT_GIVEN",
     "NormrefBackend",
+    "NotProvided",
     "Outcome",
     "Report",
     "Row",
     "normref_backends",
+    "select",
     "verify",
 ]
 
-PASS, FAIL, UNAVAILABLE = "PASS", "FAIL", "UNAVAILABLE"
+PASS, FAIL, UNAVAILABLE, NOT_PROVIDED = "PASS", "FAIL", "UNAVAILABLE", "NOT PROVIDED"
+
+
+class NotProvided(Exception):
+    """Raised by a backend's `run` for a case its target does not provide (an op it lacks, a dtype
+    or hyperparameter value it does not support). The message says why."""
+
+
+class _NotGiven:
+    """An output a target did not return (an adapter's dict left it out): reported, not compared."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
 
 
 @dataclass
 class Outcome:
     """What a backend computed for one case, as NumPy arrays."""
 
-    outputs: list[Any]  # the forward's outputs, in order
-    grads: dict[str, Any]  # differentiable input name -> gradient (None when not returned)
+    outputs: list[Any]  # the forward's outputs, in order (NOT_GIVEN: not returned by the target)
+    grads: dict[str, Any] | None  # differentiable input -> gradient; None: backward not provided
     ran: str  # what actually computed it, e.g. "numba" or "reference"
     inputs_after: dict[str, np.ndarray] = field(default_factory=dict)  # to check purity
+    note: str = ""  # said in the report whatever the verdict, e.g. "backward not provided"
 
 
 class Backend(Protocol):
@@ -97,6 +121,8 @@ class NormrefBackend:
         return kernels is not None and case.dtype in kernels.dtypes
 
     def handles(self, case: GoldenCase) -> bool:
+        if getattr(case, "kind", "op") != "op":
+            return False  # optimizer trajectories of the target normref: not yet (no fused kernel)
         return self._has_kernel(case) != self.auto
 
     def unavailable(self, case: GoldenCase) -> str | None:
@@ -184,6 +210,14 @@ class CaseResult:
     worst_in: str | None = None  # the array with the worst error
     errors: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    kind: str = "op"  # "op" (a golden case) or "trajectory" (an optimizer's)
+    checked: str = ""  # what was compared: "forward+backward", "forward", "trajectory"
+    # problems other than values out of tolerance (a wrong shape or dtype, a modified input)
+    structural: list[str] = field(default_factory=list)
+    # For the diagnosis, kept out of reports: the case, its arrays, and what the target computed.
+    case: Any = field(default=None, repr=False, compare=False)
+    arrays: Mapping[str, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    outcome: Outcome | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -194,6 +228,10 @@ class Row:
     worst: float | None
     verdict: str
     messages: list[str] = field(default_factory=list)
+    checked: str = ""  # what the cases compared, e.g. "forward+backward"
+    not_provided: int = 0  # cases the target said it does not support
+    diagnosis: str = ""  # for a failure: which convention the target follows, or the first diff
+    diagnosis_detail: dict[str, Any] = field(default_factory=dict)  # for the JSON report
 
 
 @dataclass
@@ -205,13 +243,12 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return bool(self.rows) and all(row.verdict == PASS for row in self.rows)
+        """Everything the target provides passed, and it provides something."""
+        return any(row.verdict == PASS for row in self.rows) and all(
+            row.verdict in (PASS, NOT_PROVIDED) for row in self.rows
+        )
 
     def to_json(self) -> dict[str, Any]:
-        def num(x: float | None) -> float | str | None:
-            # JSON has no infinity; say it in words rather than write a non-standard token
-            return x if x is None or math.isfinite(x) else "inf"
-
         return {
             "target": self.target,
             "ok": self.ok,
@@ -221,8 +258,12 @@ class Report:
                     "op": r.op,
                     "backend": r.backend,
                     "cases": r.cases,
-                    "worst": num(r.worst),
+                    "not_provided": r.not_provided,
+                    "checked": r.checked,
+                    "worst": _num(r.worst),
                     "verdict": r.verdict,
+                    "diagnosis": r.diagnosis,
+                    "diagnosis_detail": r.diagnosis_detail,
                     "messages": r.messages,
                 }
                 for r in self.rows
@@ -231,12 +272,14 @@ class Report:
                 {
                     "id": c.id,
                     "op": c.op,
+                    "kind": c.kind,
                     "dtype": c.dtype,
                     "backend": c.backend,
                     "verdict": c.verdict,
-                    "worst": num(c.worst),
+                    "checked": c.checked,
+                    "worst": _num(c.worst),
                     "worst_in": c.worst_in,
-                    "errors": {k: num(v) for k, v in c.errors.items()},
+                    "errors": {k: _num(v) for k, v in c.errors.items()},
                     "message": c.message,
                 }
                 for c in self.cases
@@ -244,51 +287,155 @@ class Report:
         }
 
 
+def _num(x: float | None) -> float | str | None:
+    # JSON has no infinity; say it in words rather than write a non-standard token
+    return x if x is None or math.isfinite(x) else "inf"
+
+
+def select(name: str, ops: str | Sequence[str] = "*", skip: Sequence[str] = ()) -> bool:
+    """Whether an op or optimizer `name` matches one of the fnmatch patterns `ops` and none of
+    `skip`."""
+    patterns = [ops] if isinstance(ops, str) else list(ops)
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns) and not any(
+        fnmatch.fnmatchcase(name, s) for s in skip
+    )
+
+
+Progress = Callable[[int, int, str], None]  # (done, total, what runs next or just ran)
+
+
 def verify(
     backends: Sequence[Backend],
     *,
-    ops: str = "*",
+    ops: str | Sequence[str] = "*",
+    skip: Sequence[str] = (),
+    dtypes: Sequence[str] | None = None,
     directory: str | Path | None = None,
     notes: Iterable[str] = (),
     target: str = "normref",
+    trajectories: bool = False,
+    diagnose: bool = True,
+    progress: Progress | None = None,
 ) -> Report:
-    """Run every golden case whose op matches the fnmatch pattern `ops` on each backend that
-    handles it, and judge it against the golden values. A GoldenError from the index propagates
-    (nothing can be checked); one from a single case's file fails that case."""
+    """Run every golden case whose op matches `ops` (fnmatch patterns) and no `skip` pattern, in
+    `dtypes` (None: all), on each backend that handles it, and judge it against the golden values;
+    with `trajectories`, the optimizers' trajectory cases too. Each failing row is diagnosed.
+
+    A GoldenError from the index propagates (nothing can be checked); one from a single case's
+    file fails that case."""
+    cases: list[Any] = list(load_index(directory))
+    if trajectories:
+        from normref.conformance.trajectories import load_trajectories
+
+        cases += load_trajectories()
+    cases = [c for c in cases if select(c.op, ops, skip) and (dtypes is None or c.dtype in dtypes)]
+    work = [(case, [b for b in backends if b.handles(case)]) for case in cases]
+    total = sum(len(bs) for _, bs in work)
+    done = 0
     results: list[CaseResult] = []
-    for case in load_index(directory):
-        if not fnmatch.fnmatchcase(case.op, ops):
+    for case, handling in work:
+        if not handling:
             continue
+        kind = getattr(case, "kind", "op")
         try:
             arrays = case.arrays()
-        except GoldenError as e:
+        except Exception as e:  # GoldenError; for a trajectory, a reference that raised
             results.append(
-                CaseResult(case.id, case.op, case.dtype, "golden data", FAIL, None, message=str(e))
+                CaseResult(
+                    case.id,
+                    case.op,
+                    case.dtype,
+                    "golden data",
+                    FAIL,
+                    None,
+                    kind=kind,
+                    message=f"{type(e).__name__}: {e}"
+                    if not isinstance(e, GoldenError)
+                    else str(e),
+                )
             )
+            done += len(handling)
             continue
-        for backend in backends:
-            if backend.handles(case):
-                results.append(_run_one(backend, case, arrays))
-    return Report(target, _rows(results), results, list(notes))
+        for backend in handling:
+            if progress is not None:
+                progress(done, total, f"{case.id} [{backend.name}]")
+            results.append(_run_one(backend, case, arrays))
+            done += 1
+    if progress is not None:
+        progress(total, total, "")
+    rows = _rows(results)
+    if diagnose:
+        _diagnose_rows(rows, results)
+    return Report(target, rows, results, list(notes))
 
 
-def _run_one(backend: Backend, case: GoldenCase, arrays: Mapping[str, np.ndarray]) -> CaseResult:
+def _diagnose_rows(rows: list[Row], results: Sequence[CaseResult]) -> None:
+    from normref.conformance.diagnosis import diagnose
+
+    for row in rows:
+        if row.verdict != FAIL:
+            continue
+        group = [r for r in results if (r.op, r.backend) == (row.op, row.backend)]
+        found = diagnose(group)
+        row.diagnosis = found.summary
+        row.diagnosis_detail = found.to_json()
+
+
+def _run_one(backend: Backend, case: Any, arrays: Mapping[str, np.ndarray]) -> CaseResult:
+    kind = getattr(case, "kind", "op")
+
     def result(label: str, verdict: str, **kw: Any) -> CaseResult:
-        return CaseResult(case.id, case.op, case.dtype, label, verdict, **kw)
+        return CaseResult(
+            case.id, case.op, case.dtype, label, verdict, kind=kind, case=case, arrays=arrays, **kw
+        )
 
     why = backend.unavailable(case)
     if why is not None:
         return result(backend.name, UNAVAILABLE, message=why)
     try:
         outcome = backend.run(case, arrays)
+    except NotProvided as e:
+        return result(backend.name, NOT_PROVIDED, message=str(e))
     except Exception as e:  # a crash is a failure of this case, not of the whole run
         return result(backend.name, FAIL, worst=math.inf, message=f"{type(e).__name__}: {e}")
     label = backend.name if outcome.ran == backend.name else f"{backend.name} → {outcome.ran}"
+    errors, problems = judge(case, arrays, outcome)
+    structural = list(problems)
 
+    worst_in = max(errors, key=errors.__getitem__) if errors else None
+    worst = errors[worst_in] if worst_in else 0.0
+    if worst > 1:
+        problems.insert(0, f"{worst_in} off by {worst:.3g}x the tolerance")
+    if kind == "trajectory":
+        checked = "trajectory"
+    else:
+        checked = "forward" if outcome.grads is None and case.grads else "forward+backward"
+    notes = [outcome.note] if outcome.note else []
+    not_given = [n for n, y in zip(case.outputs, outcome.outputs) if y is NOT_GIVEN]
+    if not_given:
+        notes.append(f"outputs not provided: {', '.join(not_given)}")
+    return result(
+        label,
+        FAIL if problems else PASS,
+        worst=worst,
+        worst_in=worst_in,
+        errors=errors,
+        message="; ".join(problems + notes),
+        checked=checked,
+        structural=structural,
+        outcome=outcome,
+    )
+
+
+def judge(
+    case: Any, arrays: Mapping[str, np.ndarray], outcome: Outcome
+) -> tuple[dict[str, float], list[str]]:
+    """(error of every compared array in units of the tolerance, problems found), comparing what
+    a target computed with a case's expected values."""
     problems: list[str] = []
     errors: dict[str, float] = {}
 
-    def judge(key: str, got: Any, tol: Any) -> None:
+    def one(key: str, got: Any, tol: Any) -> None:
         expected = arrays[key]
         if got is None:
             problems.append(f"{key} missing")
@@ -309,21 +456,17 @@ def _run_one(backend: Backend, case: GoldenCase, arrays: Mapping[str, np.ndarray
     if len(outcome.outputs) != len(case.outputs):
         problems.append(f"{len(outcome.outputs)} outputs, expected {len(case.outputs)}")
     for name, got in zip(case.outputs, outcome.outputs):
-        judge(f"output.{name}", got, case.forward_tol)
-    for name in case.grads:
-        judge(f"grad.{name}", outcome.grads.get(name), case.backward_tol)
+        if got is not NOT_GIVEN:
+            one(f"output.{name}", got, case.forward_tol)
+    if outcome.outputs and outcome.outputs[0] is NOT_GIVEN:
+        problems.append(f"output.{next(iter(case.outputs))} (the first output) not provided")
+    if outcome.grads is not None:
+        for name in case.grads:
+            one(f"grad.{name}", outcome.grads.get(name), case.backward_tol)
     for key, after in outcome.inputs_after.items():
         if not np.array_equal(after, arrays[key], equal_nan=True):
             problems.append(f"{key} was modified in place")
-
-    worst_in = max(errors, key=errors.__getitem__) if errors else None
-    worst = errors[worst_in] if worst_in else 0.0
-    if worst > 1:
-        problems.insert(0, f"{worst_in} off by {worst:.3g}x the tolerance")
-    verdict = FAIL if problems else PASS
-    return result(
-        label, verdict, worst=worst, worst_in=worst_in, errors=errors, message="; ".join(problems)
-    )
+    return errors, problems
 
 
 def _rows(results: Sequence[CaseResult]) -> list[Row]:
@@ -333,21 +476,38 @@ def _rows(results: Sequence[CaseResult]) -> list[Row]:
         groups.setdefault((r.op, r.backend), []).append(r)
     rows = []
     for (op, backend), group in groups.items():
-        ran = [r for r in group if r.verdict != UNAVAILABLE]
+        ran = [r for r in group if r.verdict in (PASS, FAIL)]
+        absent = [r for r in group if r.verdict == NOT_PROVIDED]
         worsts = [r.worst for r in ran if r.worst is not None]
         if any(r.verdict == FAIL for r in group):
             verdict = FAIL
-        elif len(ran) < len(group):
+        elif any(r.verdict == UNAVAILABLE for r in group):
             verdict = UNAVAILABLE
+        elif not ran:
+            verdict = NOT_PROVIDED
         else:
             verdict = PASS
-        # a failure is told per case; an unavailable backend once, for all its cases
+        # a failure is told per case; an unavailable or absent case once per reason
         messages = list(
             dict.fromkeys(
-                r.message if r.verdict == UNAVAILABLE else f"{r.id}: {r.message}"
+                r.message if r.verdict in (UNAVAILABLE, NOT_PROVIDED) else f"{r.id}: {r.message}"
                 for r in group
                 if r.verdict != PASS and r.message
             )
         )
-        rows.append(Row(op, backend, len(ran), max(worsts) if worsts else None, verdict, messages))
+        # notes said by passing cases (backward not provided, ...), once each
+        messages += list(dict.fromkeys(r.message for r in group if r.verdict == PASS and r.message))
+        checked = "/".join(dict.fromkeys(r.checked for r in ran if r.checked))
+        rows.append(
+            Row(
+                op,
+                backend,
+                len(ran),
+                max(worsts) if worsts else None,
+                verdict,
+                messages,
+                checked=checked,
+                not_provided=len(absent),
+            )
+        )
     return rows

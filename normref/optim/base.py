@@ -20,7 +20,11 @@ A subclass supplies four things:
 - `_slots()`: which slot fields are allocated (e.g. no momentum buffer when momentum is 0);
 - `_coefficients(step)`: every per-step scalar (learning rate from its schedule, bias corrections),
   computed once per step in Python floats and checked;
-- `_math(xp, p, g, slots, k)`: the per-element update of one parameter, pure.
+- `_math(xp, p, g, slots, k)`: the update of one parameter, pure: elementwise, or with
+  per-tensor norms (LAMB's and LARS' trust ratios read the whole tensor);
+
+and may override `_per_parameter(checked, k)`, which gives each parameter its own coefficients
+(a per-tensor option such as LARS' and LAMB's masks); by default every parameter shares `k`.
 """
 
 from __future__ import annotations
@@ -244,6 +248,12 @@ class Optimizer:
         """(new p, new slots) for one parameter; p, g and slots in the accumulation dtype. Pure."""
         raise NotImplementedError
 
+    def _per_parameter(self, checked: Checked, k: Any) -> list[Any]:
+        """The coefficients of each parameter, in the params' order: `k` for every one unless an
+        optimizer treats tensors differently (masks). Runs after every check and before anything
+        is written, so it may still refuse the call."""
+        return [k] * len(checked.params)
+
     # -- the contract --------------------------------------------------------------------------
 
     @property
@@ -269,11 +279,11 @@ class Optimizer:
     def update(self, params: Params, grads: Params, state: Any) -> tuple[Params, Any]:
         """One update; returns (new params, new state) and leaves every input untouched."""
         checked, slots, step = self._checked(params, grads, state)
-        k = self._coefficients(step)
+        ks = self._per_parameter(checked, self._coefficients(step))
         new_params, new_slots = [], [[] for _ in self._slot_fields]
         for i, (p, g) in enumerate(zip(checked.params, checked.grads)):
             own = tuple(None if s is None else s[i] for s in slots)
-            p_new, own_new = self._one(checked.xp, p, g, own, k)
+            p_new, own_new = self._one(checked.xp, p, g, own, ks[i])
             new_params.append(p_new)
             for column, old, new in zip(new_slots, own, own_new):
                 # a slot the math left as it was is copied: the new state shares no array with the
@@ -305,7 +315,7 @@ class Optimizer:
         for i, p in enumerate(checked.params):
             if _xp.is_numpy(p) and not p.flags.writeable:
                 raise ValueError(f"{self.name}: {_label('params', checked.keys, i)} is read-only")
-        k = self._coefficients(step)
+        ks = self._per_parameter(checked, self._coefficients(step))
         kernels = (
             None
             if self.kernel is None  # a peer's convention: reference arithmetic only
@@ -317,10 +327,10 @@ class Optimizer:
             own = tuple(None if s is None else s[i] for s in slots)
             if fused is not None:
                 # A fused kernel reads p, g and the slots once and writes p and the slots once,
-                # computing exactly `_math`'s expression with the same coefficients `k`.
-                fused(p, g, *own, k)
+                # computing exactly `_math`'s expression with the same coefficients.
+                fused(p, g, *own, ks[i])
                 continue
-            p_new, own_new = self._one(checked.xp, p, g, own, k)
+            p_new, own_new = self._one(checked.xp, p, g, own, ks[i])
             p[...] = p_new
             for old, new in zip(own, own_new):
                 if old is not None and new is not old:

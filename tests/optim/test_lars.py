@@ -1,0 +1,276 @@
+"""LARS against an independent NumPy transcription of the paper's Algorithm 1 (with the trust
+coefficient of its equation 6), its optax variant against optax.lars (where optax imports: it is
+not a test dependency, so CI may skip those), 50 steps, float64 and float32; excluded tensors are
+momentum SGD (checked against torch.optim.SGD); the masks; pytorch_optimizer's conventions against
+direct re-derivations; the contract; errors."""
+
+import numpy as np
+import pytest
+from contract_checks import (
+    assert_bad_grads_refused_without_mutation,
+    assert_checkpoint_round_trip,
+    assert_docstring_examples_run,
+    assert_runs_on_array_api_strict_and_torch,
+    assert_update_in_place_equals_update,
+    assert_update_is_pure,
+    optax_trajectory,
+    torch_trajectory_in,
+)
+from optim_trajectories import (
+    assert_trajectories_close,
+    gradient_sequence,
+    initial_params,
+    normref_trajectory,
+)
+
+from normref import optim
+from normref.optim import schedules
+from normref.registry import OPTIMIZERS
+
+LR = 2.0  # LARS' global rates are large: the trust coefficient 1e-3 scales them down
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+HYPERS = pytest.mark.parametrize(
+    "hyper",
+    [
+        dict(),
+        dict(weight_decay=5e-4, eps=1e-9),
+        dict(momentum=0.5, nesterov=True, weight_decay=0.01, trust_coefficient=0.02),
+        dict(momentum=0.0, weight_decay=0.1),
+    ],
+    ids=["default", "decay", "nesterov", "no_momentum"],
+)
+
+
+def lars_paper(params, grads_sequence, *, lr, m=0.9, beta=0.0, eta=1e-3, eps=0.0, nesterov=False):
+    """You, Gitman & Ginsburg 2017, Algorithm 1 ("SGD with LARS"), layer by layer, with eq. (6)'s
+    trust coefficient eta in the local LR:
+    lambda^l = eta ||w^l|| / (||g^l|| + beta ||w^l|| + eps)   (1 where a norm is 0);
+    v^l = m v^l + gamma_t lambda^l (g^l + beta w^l);  w^l = w^l - v^l.
+    Nesterov (not in the paper) as flax.optim.LARS: w^l = w^l - (gamma lambda d + m v^l)."""
+    w = [np.array(p, copy=True) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    trajectory = []
+    for t, grads in enumerate(grads_sequence):
+        gamma = lr(t) if callable(lr) else lr
+        for i, g in enumerate(grads):
+            w_norm, g_norm = np.linalg.norm(w[i]), np.linalg.norm(g)
+            if w_norm > 0 and g_norm > 0:
+                local = eta * w_norm / (g_norm + beta * w_norm + eps)
+            else:
+                local = 1.0
+            step = gamma * local * (g + beta * w[i])
+            v[i] = m * v[i] + step
+            w[i] = w[i] - (step + m * v[i] if nesterov else v[i])
+        trajectory.append([x.copy() for x in w])
+    return trajectory
+
+
+def _paper_kwargs(hyper):
+    return dict(
+        m=hyper.get("momentum", 0.9),
+        beta=hyper.get("weight_decay", 0.0),
+        eta=hyper.get("trust_coefficient", 1e-3),
+        eps=hyper.get("eps", 0.0),
+        nesterov=hyper.get("nesterov", False),
+    )
+
+
+@DTYPES
+@HYPERS
+def test_trajectory_equals_the_papers_algorithm(hyper, dtype):
+    params, grads = initial_params(dtype), gradient_sequence(dtype)
+    ours = normref_trajectory(optim.lars(LR, **hyper), params, grads)
+    expected = lars_paper(params, grads, lr=LR, **_paper_kwargs(hyper))
+    assert_trajectories_close(ours, expected, dtype)
+
+
+def test_scheduled_lr_is_inside_the_momentum_as_in_the_paper():
+    """The paper's polynomial decay gamma_t = gamma_0 (1 - t/T)^2, read at each step."""
+    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
+    lr = lambda t: LR * (1 - t / 50) ** 2  # noqa: E731
+    ours = normref_trajectory(optim.lars(lr, weight_decay=1e-3), params, grads)
+    expected = lars_paper(params, grads, lr=lr, beta=1e-3)
+    assert_trajectories_close(ours, expected, np.float64)
+
+
+@DTYPES
+@HYPERS
+def test_optax_variant_equals_optax_lars(hyper, dtype):
+    optax = pytest.importorskip("optax")
+    params, grads = initial_params(dtype), gradient_sequence(dtype)
+    variant = {v.name: v for v in OPTIMIZERS["lars"].variants}["optax_trust_ratio"].factory
+    ours = normref_trajectory(variant(lr=LR, **hyper), params, grads)
+    theirs = optax_trajectory(optax.lars(LR, **hyper), params, grads)
+    assert_trajectories_close(ours, theirs, dtype)
+
+
+def test_optax_masks_equal_optax_lars():
+    optax = pytest.importorskip("optax")
+    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=20)
+    masks = dict(
+        weight_decay_mask=[False, True, True, False], trust_ratio_mask=[True, False, True, True]
+    )
+    variant = {v.name: v for v in OPTIMIZERS["lars"].variants}["optax_trust_ratio"].factory
+    ours = normref_trajectory(variant(lr=LR, weight_decay=0.01, **masks), params, grads)
+    theirs = optax_trajectory(optax.lars(LR, weight_decay=0.01, **masks), params, grads)
+    assert_trajectories_close(ours, theirs, np.float64)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_excluded_tensors_are_momentum_sgd_as_torch(nesterov):
+    """Out of the trust-ratio mask, without decay: PyTorch's SGD with momentum (lr inside the
+    buffer is the same trajectory for a constant lr)."""
+    torch = pytest.importorskip("torch")
+    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
+    opt = optim.lars(0.01, momentum=0.9, nesterov=nesterov, trust_ratio_mask=False)
+    theirs = torch_trajectory_in(
+        np.float64,
+        lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=nesterov, foreach=False),
+        params,
+        grads,
+    )
+    assert_trajectories_close(normref_trajectory(opt, params, grads), theirs, np.float64)
+
+
+def test_bias_exclusion_by_predicate_and_by_dict():
+    """The usual recipe: 1-D tensors (biases, norm gains) take neither decay nor the ratio."""
+    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=10)
+    keys = ["w", "b", "conv", "x"]
+    by_rank = lambda p: p.ndim > 1  # noqa: E731
+    pred = optim.lars(LR, weight_decay=1e-3, weight_decay_mask=by_rank, trust_ratio_mask=by_rank)
+    as_dict = {"w": False, "b": False, "conv": True, "x": True}
+    mapped = optim.lars(LR, weight_decay=1e-3, weight_decay_mask=as_dict, trust_ratio_mask=as_dict)
+    a = normref_trajectory(pred, params, grads)[-1]
+    p = dict(zip(keys, params))
+    state = mapped.init(p)
+    for g in grads:
+        p, state = mapped.update(p, dict(zip(keys, g)), state)
+    assert all(x.tobytes() == p[k].tobytes() for x, k in zip(a, keys))
+    # the 1-D tensor "b" followed plain momentum SGD with lr, no decay
+    v, w = np.zeros_like(params[1]), params[1].copy()
+    for g in grads:
+        v = 0.9 * v + LR * g[1]
+        w = w - v
+    np.testing.assert_allclose(a[1], w, rtol=1e-12)
+
+
+def test_zero_norms_take_the_unscaled_step():
+    opt = optim.lars(0.1, momentum=0.0)
+    p = [np.zeros(2), np.ones(2)]
+    new, _ = opt.update(p, [np.array([1.0, -1.0]), np.zeros(2)], opt.init(p))
+    np.testing.assert_array_equal(new[0], [-0.1, 0.1])  # ||p|| = 0: ratio 1
+    assert new[1].tobytes() == p[1].tobytes()  # ||g|| = 0, no decay: no step, no NaN
+
+
+# -- conventions of peers -----------------------------------------------------------------------
+
+
+def _variant(name):
+    return {v.name: v for v in OPTIMIZERS["lars"].variants}[name].factory
+
+
+def _direct(grads, p0, *, lr, mu, wd, eta, eps, convention):
+    """pytorch_optimizer-style LARS steps (lr after the momentum; its ratio without decay or
+    eps), one tensor at a time, lr a function of the 0-based step."""
+    p, buf = np.array(p0, dtype=float), np.zeros(len(p0))
+    for t, g in enumerate(grads):
+        g = np.array(g)
+        p_norm, g_norm = np.linalg.norm(p), np.linalg.norm(g)
+        if convention == "gradient_only":
+            ratio = eta * p_norm / g_norm
+            buf = mu * buf + lr(t) * ratio * (g + wd * p)
+            p = p - buf
+        else:  # lr_outside
+            ratio = eta * p_norm / (g_norm + wd * p_norm + eps)
+            buf = mu * buf + ratio * (g + wd * p)
+            p = p - lr(t) * buf
+    return p
+
+
+@pytest.mark.parametrize(
+    "variant, convention",
+    [("gradient_only_ratio", "gradient_only"), ("lr_outside_momentum", "lr_outside")],
+)
+def test_variant_equals_a_direct_rederivation(variant, convention):
+    rng = np.random.default_rng(23)
+    grads = [list(rng.normal(size=4) * 10.0 ** rng.integers(-2, 1)) for _ in range(15)]
+    p0 = [0.5, -1.0, 2.0, 0.1]
+    lr = schedules.step_decay(5.0, step_size=5, gamma=0.2)  # separates the lr placements
+    hyper = dict(lr=lr, momentum=0.9, weight_decay=0.05, trust_coefficient=0.01, eps=1e-6)
+    sequence = [[np.array(g)] for g in grads]
+    ours = normref_trajectory(_variant(variant)(**hyper), [np.array(p0)], sequence)[-1][0]
+    expected = _direct(grads, p0, lr=lr, mu=0.9, wd=0.05, eta=0.01, eps=1e-6, convention=convention)
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
+    reference = normref_trajectory(optim.lars(**hyper), [np.array(p0)], sequence)[-1][0]
+    assert not np.allclose(ours, reference, rtol=1e-6, atol=0), "the probe must separate it"
+
+
+def test_optax_ratio_differs_only_with_weight_decay():
+    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=10)
+    optax_like = _variant("optax_trust_ratio")
+    same = normref_trajectory(optax_like(lr=LR), params, grads)
+    assert_trajectories_close(same, normref_trajectory(optim.lars(LR), params, grads), np.float64)
+    a = normref_trajectory(optax_like(lr=LR, weight_decay=0.5), params, grads)[-1][0]
+    b = normref_trajectory(optim.lars(LR, weight_decay=0.5), params, grads)[-1][0]
+    assert not np.allclose(a, b, rtol=1e-6, atol=0)
+
+
+# -- contract and errors ------------------------------------------------------------------------
+
+
+def _make():
+    return optim.lars(
+        LR, weight_decay=1e-3, nesterov=True, trust_ratio_mask=[True, False, True, True]
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
+def test_update_in_place_equals_update_bit_for_bit(dtype):
+    assert_update_in_place_equals_update(_make, dtype)
+
+
+def test_update_is_pure():
+    assert_update_is_pure(
+        lambda: optim.lars(LR, weight_decay=1e-3, trust_ratio_mask=lambda p: p.ndim > 1)
+    )
+
+
+def test_checkpoint_round_trip(tmp_path):
+    assert_checkpoint_round_trip(_make, tmp_path, np.float64)
+    assert_checkpoint_round_trip(lambda: optim.lars(LR, momentum=0.0), tmp_path, np.float32)
+
+
+def test_bad_grads_are_refused_without_mutation():
+    assert_bad_grads_refused_without_mutation(lambda: optim.lars(LR, weight_decay=1e-3))
+
+
+def test_runs_on_array_api_strict_and_torch_tensors():
+    assert_runs_on_array_api_strict_and_torch(_make)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), "lars: lr must be a finite number >= 0, got -1.0"),
+        (dict(lr=1.0, momentum=-0.9), "lars: momentum must be a finite number >= 0, got -0.9"),
+        (
+            dict(lr=1.0, trust_coefficient=0.0),
+            "lars: trust_coefficient must be a finite number > 0",
+        ),
+        (dict(lr=1.0, eps=-1e-9), "lars: eps must be a finite number >= 0, got -1e-09"),
+        (dict(lr=1.0, momentum=0.0, nesterov=True), "lars: nesterov=True needs momentum > 0"),
+        (dict(lr=1.0, trust_ratio_mask=1), "lars: trust_ratio_mask must be True/False"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        optim.lars(**kwargs)
+
+
+def test_lr_is_required():
+    with pytest.raises(TypeError):
+        optim.lars()  # the signature has no default lr, as sgd
+
+
+def test_docstring_examples_run():
+    assert_docstring_examples_run("normref.optim.lars")

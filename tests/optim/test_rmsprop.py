@@ -1,0 +1,240 @@
+"""RMSprop against torch.optim.RMSprop (single-tensor path), 50 steps, float64 and float32, every
+option combination; against optax.rmsprop; the eps and lr-placement variants against direct
+re-derivations of Keras' update; the contract; errors."""
+
+import itertools
+
+import numpy as np
+import pytest
+from contract_checks import (
+    assert_bad_grads_refused_without_mutation,
+    assert_checkpoint_round_trip,
+    assert_docstring_examples_run,
+    assert_runs_on_array_api_strict_and_torch,
+    assert_update_in_place_equals_update,
+    assert_update_is_pure,
+    optax_trajectory,
+    torch_trajectory_in,
+)
+from optim_trajectories import (
+    assert_trajectories_close,
+    gradient_sequence,
+    initial_params,
+    normref_trajectory,
+)
+
+from normref import optim
+from normref.optim import schedules
+from normref.registry import OPTIMIZERS
+
+torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
+
+LR = 3e-3
+COMBOS = [
+    dict(centered=c, momentum=mu, weight_decay=wd, maximize=m)
+    for c, mu, wd, m in itertools.product((False, True), (0.0, 0.9), (0.0, 0.1), (False, True))
+]
+DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+
+
+def _id(combo):
+    return ",".join(f"{k}={v}" for k, v in combo.items())
+
+
+def _torch(**kw):
+    return lambda ps: torch.optim.RMSprop(ps, foreach=False, **kw)
+
+
+@DTYPES
+@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+def test_trajectory_equals_torch(combo, dtype):
+    params, grads = initial_params(dtype), gradient_sequence(dtype)
+    ours = normref_trajectory(optim.rmsprop(LR, **combo), params, grads)
+    theirs = torch_trajectory_in(dtype, _torch(lr=LR, **combo), params, grads)
+    assert_trajectories_close(ours, theirs, dtype)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(alpha=0.0, eps=1e-6),  # v = g^2: sign-like steps
+        dict(alpha=0.5, momentum=0.3, centered=True, eps=1e-3),
+        dict(alpha=0.999, momentum=1.5),  # PyTorch accepts any momentum >= 0
+    ],
+    ids=_id,
+)
+def test_other_hyperparameters_equal_torch(kw):
+    dtype = np.float64
+    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=25)
+    ours = normref_trajectory(optim.rmsprop(0.01, **kw), params, grads)
+    theirs = torch_trajectory_in(dtype, _torch(lr=0.01, **kw), params, grads)
+    assert_trajectories_close(ours, theirs, dtype)
+
+
+def test_scheduled_lr_and_momentum_equal_torch_one_cycle():
+    """OneCycleLR cycles lr and RMSprop's momentum; the buffer exists from the start."""
+    dtype, total = np.float64, 50
+    params, grads = initial_params(dtype), gradient_sequence(dtype)
+    opt = optim.rmsprop(
+        schedules.one_cycle(0.01, total), momentum=schedules.one_cycle_momentum(total)
+    )
+    ours = normref_trajectory(opt, params, grads)
+    theirs = torch_trajectory_in(
+        dtype,
+        _torch(lr=0.01, momentum=0.9),
+        params,
+        grads,
+        make_scheduler=lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.01, total_steps=total),
+    )
+    assert_trajectories_close(ours[: total - 1], theirs[: total - 1], dtype)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_equals_optax_rmsprop_with_eps_outside(centered):
+    """optax keeps lr inside the momentum; for a constant lr that is the same trajectory."""
+    optax = pytest.importorskip("optax")
+    dtype = np.float64
+    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
+    kw = dict(momentum=0.9, centered=centered, eps=1e-6)
+    ours = normref_trajectory(optim.rmsprop(LR, alpha=0.9, **kw), params, grads)
+    theirs = optax_trajectory(optax.rmsprop(LR, decay=0.9, eps_in_sqrt=False, **kw), params, grads)
+    assert_trajectories_close(ours, theirs, dtype)
+
+
+# -- variants -----------------------------------------------------------------------------------
+
+
+def _variant(name):
+    return {v.name: v for v in OPTIMIZERS["rmsprop"].variants}[name].factory
+
+
+def _direct(grads, p0, *, lr, rho, eps, momentum, centered, eps_inside, lr_inside):
+    """keras/src/optimizers/rmsprop.py::update_step (eps_inside and lr_inside both True), and
+    PyTorch's placements for either switch off, scalar by scalar."""
+    n = len(p0)
+    p, v, avg, mom = list(p0), [0.0] * n, [0.0] * n, [0.0] * n
+    for t, g in enumerate(grads):
+        for i, gi in enumerate(g):
+            v[i] = rho * v[i] + (1 - rho) * gi * gi
+            second = v[i]
+            if centered:
+                avg[i] = rho * avg[i] + (1 - rho) * gi
+                second = v[i] - avg[i] ** 2
+            root = (second + eps) ** 0.5 if eps_inside else second**0.5 + eps
+            if lr_inside:
+                mom[i] = momentum * mom[i] + lr(t) * gi / root
+                p[i] -= mom[i]
+            else:
+                mom[i] = momentum * mom[i] + gi / root
+                p[i] -= lr(t) * mom[i]
+    return p
+
+
+CASES = [
+    # variant, centered, eps_inside, lr_inside
+    ("eps_in_sqrt", False, True, False),
+    ("eps_in_sqrt", True, True, False),
+    ("lr_inside_momentum", False, False, True),
+    ("lr_inside_momentum", True, False, True),
+]
+
+
+@pytest.mark.parametrize("variant, centered, eps_inside, lr_inside", CASES)
+def test_variant_equals_a_direct_rederivation(variant, centered, eps_inside, lr_inside):
+    rng = np.random.default_rng(13)
+    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-4, 1)) for _ in range(16)]
+    grads[6] = [0.0, 0.0, 0.0]
+    p0 = [0.5, -1.0, 2.0]
+    lr = schedules.step_decay(0.01, step_size=4, gamma=0.3)  # separates lr placements
+    hyper = dict(alpha=0.9, eps=1e-7, momentum=0.8, centered=centered)
+    sequence = [[np.array(g)] for g in grads]
+    ours = normref_trajectory(_variant(variant)(lr=lr, **hyper), [np.array(p0)], sequence)
+    expected = _direct(
+        grads,
+        p0,
+        lr=lr,
+        rho=0.9,
+        eps=1e-7,
+        momentum=0.8,
+        centered=centered,
+        eps_inside=eps_inside,
+        lr_inside=lr_inside,
+    )
+    np.testing.assert_allclose(ours[-1][0], expected, rtol=1e-12, atol=1e-15)
+    reference = normref_trajectory(optim.rmsprop(lr=lr, **hyper), [np.array(p0)], sequence)
+    assert not np.allclose(ours[-1][0], reference[-1][0], rtol=1e-9, atol=0)
+
+
+def test_lr_placement_matters_only_when_lr_changes():
+    grads = gradient_sequence(np.float64, steps=10)
+    params = initial_params(np.float64)
+    inside = normref_trajectory(_variant("lr_inside_momentum")(lr=LR, momentum=0.9), params, grads)
+    outside = normref_trajectory(optim.rmsprop(LR, momentum=0.9), params, grads)
+    assert_trajectories_close(inside, outside, np.float64)
+
+
+def test_eps_in_sqrt_equals_optax_rmsprop_default():
+    optax = pytest.importorskip("optax")
+    dtype = np.float64
+    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
+    kw = dict(momentum=0.9, centered=True)
+    ours = normref_trajectory(_variant("eps_in_sqrt")(lr=LR, alpha=0.9, **kw), params, grads)
+    theirs = optax_trajectory(optax.rmsprop(LR, decay=0.9, **kw), params, grads)
+    assert_trajectories_close(ours, theirs, dtype)
+
+
+# -- contract and errors ------------------------------------------------------------------------
+
+
+def _make():
+    return optim.rmsprop(LR, momentum=0.9, centered=True, weight_decay=0.01)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
+def test_update_in_place_equals_update_bit_for_bit(dtype):
+    assert_update_in_place_equals_update(_make, dtype)
+
+
+def test_update_is_pure():
+    assert_update_is_pure(_make)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    assert_checkpoint_round_trip(_make, tmp_path, np.float64)
+
+
+def test_state_fields_follow_the_options():
+    params = [np.ones(2)]
+    plain = optim.rmsprop().init(params)
+    assert plain.momentum_buffer is None and plain.grad_avg is None
+    full = optim.rmsprop(momentum=0.5, centered=True).init(params)
+    assert full.momentum_buffer is not None and full.grad_avg is not None
+    with pytest.raises(ValueError, match=r"rmsprop: state.grad_avg is None but this config"):
+        optim.rmsprop(centered=True).update(params, [np.ones(2)], plain)
+
+
+def test_bad_grads_are_refused_without_mutation():
+    assert_bad_grads_refused_without_mutation(_make)
+
+
+def test_runs_on_array_api_strict_and_torch_tensors():
+    assert_runs_on_array_api_strict_and_torch(_make)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-0.1), "rmsprop: lr must be a finite number >= 0, got -0.1"),
+        (dict(alpha=1.0), r"rmsprop: alpha must be in \[0, 1\), got 1.0"),
+        (dict(eps=0.0), "rmsprop: eps must be a finite number > 0, got 0.0"),
+        (dict(momentum=-0.9), "rmsprop: momentum must be a finite number >= 0, got -0.9"),
+        (dict(centered="no"), "rmsprop: centered must be True or False, got 'no'"),
+    ],
+)
+def test_bad_hyperparameters_are_refused(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        optim.rmsprop(**kwargs)
+
+
+def test_docstring_examples_run():
+    assert_docstring_examples_run("normref.optim.rmsprop")

@@ -57,10 +57,16 @@ class Variant:
 
 @dataclass(frozen=True)
 class Case:
-    """One golden case: each array input's shape (None: input absent) and the hyperparameters."""
+    """One golden case: each array input's shape (None: input absent) and the hyperparameters.
+
+    `draw` gives an input a normal distribution (mean, std) of its own instead of the generator's
+    default for its name: a probe that tells conventions apart (a variance near eps separates the
+    eps placements; a large offset separates fast from two-pass variance).
+    """
 
     shapes: Mapping[str, tuple[int, ...] | None]
     hyper: Mapping[str, Any] = field(default_factory=dict)
+    draw: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,12 @@ OPS: dict[str, OpInfo] = {
             Case({"x": (4, 3, 5), "weight": (3, 5), "bias": (3, 5)}, {"normalized_shape": (3, 5)}),
             Case({"x": (6, 129), "weight": None, "bias": None}),
             Case({"x": (5, 1), "weight": (1,), "bias": (1,)}),
+            # probes that tell the convention variants apart (verify's diagnosis relies on them)
+            Case({"x": (6, 2), "weight": (2,), "bias": (2,)}),  # unbiased_variance
+            Case(
+                {"x": (4, 16), "weight": (16,), "bias": (16,)}, draw={"x": (0.0, 3e-3)}
+            ),  # var ~ eps
+            Case({"x": (4, 64), "weight": (64,), "bias": (64,)}, draw={"x": (100.0, 1.0)}),  # offset
         ),
     ),
     "rms_norm": OpInfo(
@@ -218,6 +230,7 @@ OPS: dict[str, OpInfo] = {
             Case({"x": (2, 5, 33), "weight": (33,)}, {"eps": 1e-6}),
             Case({"x": (4, 3, 5), "weight": (3, 5)}, {"normalized_shape": (3, 5), "eps": 1e-5}),
             Case({"x": (6, 129), "weight": None}),
+            Case({"x": (4, 16), "weight": (16,)}, {"eps": 1e-7}, draw={"x": (0.0, 3e-4)}),  # ~ eps
         ),
     ),
     "batch_norm": OpInfo(

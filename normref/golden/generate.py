@@ -122,7 +122,12 @@ def make_case(
     for name in op.inputs:
         shape = case.shapes.get(name)
         if shape is not None:
-            inputs[name] = _draw(rng, name, tuple(shape)).astype(dtype)
+            if name in case.draw:
+                mean, std = case.draw[name]
+                value = mean + std * rng.standard_normal(tuple(shape))
+            else:
+                value = _draw(rng, name, tuple(shape))
+            inputs[name] = value.astype(dtype)
 
     def up(a: np.ndarray | None) -> np.ndarray | None:
         return None if a is None else a.astype(np.float64)

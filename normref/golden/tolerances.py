@@ -17,8 +17,11 @@ Numba kernels, in units of these tolerances):
 - float64 (worst 0.003): the kernels sum in another order than NumPy's pairwise sums, a few ulp;
   rtol 1e-12 leaves room for longer rows and for the cancellation in
   dx = rstd * (g - mean(g) - x_hat * mean(g * x_hat)).
-- float32 (worst 0.16): float32 accumulation with stable algorithms, ~1e-6 relative; atol covers
-  elements near zero, whose error is absolute (a fraction of an ulp of the row's scale).
+- float32 (worst 0.044): normref's shifted statistics stay within ~1e-6 relative, but the table
+  asks for float32 accuracy, not for normref's algorithm: a plain two-pass float32 LayerNorm (a
+  NumPy user's, PyTorch's) rounds the row mean, which on the offset probe (mean 100, std 1) costs
+  ~2e-5 relative; rtol 1e-4 admits it and still fails a one-pass E[x^2] - E[x]^2 variance there
+  (~1e-3). atol covers elements near zero, whose error is absolute (an ulp of the row's scale).
 - float16 (worst 0.246): computed in float32 and rounded once to float16 (10 stored mantissa bits),
   so the error is that one rounding: at most half an ulp, which is at most 2^-11 relative, i.e. 0.25
   of rtol = 2^-9. atol covers float16's subnormal range and the float32 error near zero.
@@ -45,8 +48,8 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "backward": Tolerance(rtol=1e-12, atol=1e-13),
     },
     "float32": {
-        "forward": Tolerance(rtol=1e-5, atol=1e-6),
-        "backward": Tolerance(rtol=1e-5, atol=1e-6),
+        "forward": Tolerance(rtol=1e-4, atol=1e-5),
+        "backward": Tolerance(rtol=1e-4, atol=1e-5),
     },
     "float16": {
         "forward": Tolerance(rtol=2.0**-9, atol=1e-5),

@@ -8,6 +8,7 @@ are computed in float32 and rounded once at the end, as PyTorch and Apex do.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import array_api_compat
@@ -56,12 +57,12 @@ def accumulation_dtype(xp: Any, dtype: Any) -> Any:
 def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
     """`x` as a C-contiguous (rows, n) array: a view when it can be, a copy when it must be.
 
-    Only for NumPy and CuPy arrays (the kernel backends), which carry `flags`. Reshaping a
-    non-contiguous array to one dimension copies it in C order, which is the layout kernels want.
+    Only for NumPy and CuPy arrays (the kernel backends), which carry `flags` and a module-level
+    `ascontiguousarray` (a strided view such as x[..., ::2] reshapes to another strided view).
     """
     x2 = xp.reshape(x, (rows, n))
     if not x2.flags.c_contiguous:
-        x2 = xp.reshape(xp.reshape(x, (-1,)), (rows, n))
+        x2 = sys.modules[type(x2).__module__.partition(".")[0]].ascontiguousarray(x2)
     return x2
 
 

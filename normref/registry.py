@@ -92,6 +92,16 @@ _NORM_KERNELS = {
     "cuda": Kernels("normref.kernels.cuda.launch", ("float32", "float16", "float64")),
 }
 
+_CHANNEL_NORM_KERNELS = {  # batch_norm, group_norm: Numba has no float16
+    "numba": Kernels("normref.kernels.numba.channel_norms", ("float32", "float64")),
+    "cuda": Kernels("normref.kernels.cuda.channel_launch", ("float32", "float16", "float64")),
+}
+
+_REPARAM_KERNELS = {
+    "numba": Kernels("normref.kernels.numba.reparam", ("float32", "float64")),
+    "cuda": Kernels("normref.kernels.cuda.reparam_launch", ("float32", "float16", "float64")),
+}
+
 
 def _layer_norm_formula(**convention: Any) -> Callable[..., Any]:
     return lambda *args, **hyper: _layer_norm.layer_norm_variant(*args, **hyper, **convention)
@@ -244,6 +254,7 @@ OPS: dict[str, OpInfo] = {
         hyperparams={"training": True, "momentum": 0.1, "eps": 1e-5, "num_batches_tracked": None},
         outputs=("y", "running_mean", "running_var", "num_batches_tracked"),
         spec="specs/batch_norm.md",
+        kernels=_CHANNEL_NORM_KERNELS,
         variants=(
             Variant(
                 "momentum_weights_old",
@@ -310,6 +321,7 @@ OPS: dict[str, OpInfo] = {
         differentiable=("x", "weight", "bias"),
         hyperparams={"num_groups": None, "eps": 1e-5},
         spec="specs/group_norm.md",
+        kernels=_CHANNEL_NORM_KERNELS,
         variants=(
             Variant(
                 "fast_variance",
@@ -443,6 +455,7 @@ OPS: dict[str, OpInfo] = {
         hyperparams={"dim": 0},
         outputs=("w",),
         spec="specs/weight_norm.md",
+        kernels=_REPARAM_KERNELS,
         variants=(
             Variant(
                 "flax_eps",
@@ -516,6 +529,7 @@ OPS: dict[str, OpInfo] = {
         hyperparams={"eps": 1e-5},
         outputs=("w",),
         spec="specs/weight_standardization.md",
+        kernels=_REPARAM_KERNELS,
         variants=(
             Variant(
                 "biased_std",
@@ -743,6 +757,14 @@ def _variants_of(module: Any, factory_variant: Callable[..., Any]) -> tuple[Opti
 _WARMUP_DEFAULTS = {"initial": 0.0, "final": 0.0}
 _ONE_CYCLE_SHAPE = {"pct_start": 0.3, "anneal": "cos", "three_phase": False}
 
+# The fused in-place updates (Optimizer.update_): `<kernel>_update_` per optimizer stem. The
+# bfloat16 entries (ml_dtypes' dtype) are in the kernels and their tests, ready for when the
+# array checks accept such arrays; float64 stays on the reference.
+_OPTIM_KERNELS = {
+    "numba": Kernels("normref.kernels.numba.optim", ("float32", "float16", "bfloat16")),
+    "cuda": Kernels("normref.kernels.cuda.optim_launch", ("float32", "float16", "bfloat16")),
+}
+
 
 def _schedule(name: str, required: tuple[str, ...], hyperparams: dict[str, Any]) -> OptimizerInfo:
     return OptimizerInfo(
@@ -764,6 +786,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         },
         required=("lr",),
         spec="specs/sgd.md",
+        kernels=_OPTIM_KERNELS,
         variants=(
             OptimizerVariant(
                 "keras_lr_inside_momentum",
@@ -779,6 +802,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         hyperparams=_ADAM_DEFAULTS,
         required=(),
         spec="specs/adam.md",
+        kernels=_OPTIM_KERNELS,
         variants=_adam_variants(decoupled=False),
     ),
     "adamw": OptimizerInfo(
@@ -788,6 +812,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         hyperparams={**_ADAM_DEFAULTS, "weight_decay": 1e-2},
         required=(),
         spec="specs/adamw.md",
+        kernels=_OPTIM_KERNELS,
         variants=_adam_variants(decoupled=True),
     ),
     "adamax": OptimizerInfo(
@@ -932,6 +957,7 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {
         hyperparams={"lr": 1e-4, "betas": (0.9, 0.99), "weight_decay": 0.0},
         required=(),
         spec="specs/lion.md",
+        kernels=_OPTIM_KERNELS,
         variants=_variants_of(_lion, _lion.lion_variant),
     ),
     "clip_by_global_norm": OptimizerInfo(

@@ -162,26 +162,31 @@ def batch_norm_forward(
             )
         # PyTorch's BatchNorm: the count goes up first, then momentum=None averages over it.
         factor = momentum if momentum is not None else 1.0 / (num_batches_tracked + 1)
-    kernels_for(registry.OPS[_NAME], x, backend)  # validates `backend`; there are no kernels yet
+    kernels = kernels_for(registry.OPS[_NAME], x, backend)
 
     acc = _xp.accumulation_dtype(xp, x.dtype)
-    xv = xp.reshape(x, (n, channels, s))
-    pshape = (1, channels, 1)
-    if batch_stats and m > 0:
-        x_hat, mean, rstd, sumsq = _moments(xp, xv, _STAT_AXES, eps, acc)
+    if kernels is not None:  # x is not empty (kernels_for), so m > 0
+        y, mean, rstd, sumsq = _kernel_forward(
+            kernels, xp, x, weight, bias, running_mean, running_var, batch_stats, eps, out, acc
+        )
     else:
-        # Eval with running statistics, or an empty batch: nothing to estimate from x. An empty
-        # batch normalizes with mean 0 and rstd 1 and leaves the running statistics as they are
-        # (PyTorch returns early for it, before any update).
-        batch_stats = False
-        if tracked and m > 0:
-            mean = xp.reshape(xp.astype(running_mean, acc), pshape)
-            rstd = 1.0 / xp.sqrt(xp.reshape(xp.astype(running_var, acc), pshape) + eps)
+        xv = xp.reshape(x, (n, channels, s))
+        pshape = (1, channels, 1)
+        if batch_stats and m > 0:
+            x_hat, mean, rstd, sumsq = _moments(xp, xv, _STAT_AXES, eps, acc)
         else:
-            mean = xp.zeros(pshape, dtype=acc)
-            rstd = xp.ones(pshape, dtype=acc)
-        x_hat = (xp.astype(xv, acc) - mean) * rstd
-    y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+            # Eval with running statistics, or an empty batch: nothing to estimate from x. An
+            # empty batch normalizes with mean 0 and rstd 1 and leaves the running statistics as
+            # they are (PyTorch returns early for it, before any update).
+            batch_stats = False
+            if tracked and m > 0:
+                mean = xp.reshape(xp.astype(running_mean, acc), pshape)
+                rstd = 1.0 / xp.sqrt(xp.reshape(xp.astype(running_var, acc), pshape) + eps)
+            else:
+                mean = xp.zeros(pshape, dtype=acc)
+                rstd = xp.ones(pshape, dtype=acc)
+            x_hat = (xp.astype(xv, acc) - mean) * rstd
+        y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
     y = _xp.deliver(xp, y, out, tuple(x.shape))
 
     new_mean, new_var, new_count = running_mean, running_var, num_batches_tracked
@@ -216,7 +221,9 @@ def batch_norm_backward(dy, saved: BatchNormSaved, *, out=None, backend=None):
     _checks.same_shape(_NAME, "dy", dy, "x", x)
     _checks.same_dtype(_NAME, "dy", dy, "x", x)
     _checks.output(_NAME, "out", out, x)
-    kernels_for(registry.OPS[_NAME], x, backend)
+    kernels = kernels_for(registry.OPS[_NAME], x, backend)
+    if kernels is not None:
+        return _kernel_backward(kernels, xp, dy, saved, out)
 
     n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     pshape = (1, channels, 1)
@@ -233,6 +240,55 @@ def batch_norm_backward(dy, saved: BatchNormSaved, *, out=None, backend=None):
         dx = g * rstd  # the statistics are constants: only the scaling remains
     dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
     dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _STAT_AXES)
+    return dx, dweight, dbias
+
+
+def _kernel_forward(
+    kernels, xp, x, weight, bias, running_mean, running_var, batch_stats, eps, out, acc
+):
+    """(y, mean, rstd, sumsq) from the kernels (contract: kernels/numba/channel_norms.py): y as an
+    (N * C, S) buffer for `_xp.deliver`; mean, rstd, sumsq (C,) in `acc`, sumsq None in eval."""
+    n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    view = (n, channels, s)
+    y = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
+    x3 = xp.reshape(_xp.as_rows(xp, x, n * channels, s), view)
+    w, b = _xp.param_vector(xp, weight, acc), _xp.param_vector(xp, bias, acc)
+    if batch_stats:
+        mean, rstd, sumsq = (xp.empty((channels,), dtype=acc) for _ in range(3))
+        kernels.batch_norm_forward(x3, w, b, eps, xp.reshape(y, view), mean, rstd, sumsq)
+        return y, mean, rstd, sumsq
+    # The running statistics, as the reference path computes them (copies: saved keeps them).
+    mean = _xp.param_vector(xp, xp.astype(running_mean, acc), acc)
+    rstd = 1.0 / xp.sqrt(_xp.param_vector(xp, xp.astype(running_var, acc), acc) + eps)
+    kernels.batch_norm_apply(x3, mean, rstd, w, b, xp.reshape(y, view))
+    return y, mean, rstd, None
+
+
+def _kernel_backward(kernels, xp, dy, saved, out):
+    """batch_norm_backward's (dx, dweight, dbias) from the kernels."""
+    x, weight = saved.x, saved.weight
+    n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    view = (n, channels, s)
+    acc = saved.mean.dtype
+    dx = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
+    dweight = None if weight is None else xp.empty((channels,), dtype=acc)
+    dbias = None if saved.bias_dtype is None else xp.empty((channels,), dtype=acc)
+    kernels.batch_norm_backward(
+        xp.reshape(_xp.as_rows(xp, dy, n * channels, s), view),
+        xp.reshape(_xp.as_rows(xp, x, n * channels, s), view),
+        _xp.param_vector(xp, saved.mean, acc),
+        _xp.param_vector(xp, saved.rstd, acc),
+        _xp.param_vector(xp, weight, acc),
+        saved.batch_stats,
+        xp.reshape(dx, view),
+        dweight,
+        dbias,
+    )
+    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
+    if dweight is not None:
+        dweight = xp.astype(dweight, weight.dtype)
+    if dbias is not None:
+        dbias = xp.astype(dbias, saved.bias_dtype)
     return dx, dweight, dbias
 
 

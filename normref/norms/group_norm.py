@@ -96,13 +96,28 @@ def group_norm_forward(
         raise ValueError(
             f"{_NAME}: every group must hold at least one value, got x of shape {tuple(x.shape)}"
         )
-    kernels_for(registry.OPS[_NAME], x, backend)  # validates `backend`; there are no kernels yet
+    kernels = kernels_for(registry.OPS[_NAME], x, backend)
 
     acc = _xp.accumulation_dtype(xp, x.dtype)
-    view = (n, groups, channels // groups, s)
-    pshape = (1, groups, channels // groups, 1)
-    x_hat, mean, rstd, _ = _moments(xp, xp.reshape(x, view), _STAT_AXES, eps, acc)
-    y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+    if kernels is None:
+        view = (n, groups, channels // groups, s)
+        pshape = (1, groups, channels // groups, 1)
+        x_hat, mean, rstd, _ = _moments(xp, xp.reshape(x, view), _STAT_AXES, eps, acc)
+        y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+    else:
+        # contract: normref/kernels/numba/channel_norms.py; x viewed as (N, C, S)
+        y = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
+        mean = xp.empty((n, groups), dtype=acc)
+        rstd = xp.empty((n, groups), dtype=acc)
+        kernels.group_norm_forward(
+            xp.reshape(_xp.as_rows(xp, x, n * channels, s), (n, channels, s)),
+            _xp.param_vector(xp, weight, acc),
+            _xp.param_vector(xp, bias, acc),
+            eps,
+            xp.reshape(y, (n, channels, s)),
+            mean,
+            rstd,
+        )
     y = _xp.deliver(xp, y, out, tuple(x.shape))
     saved = GroupNormSaved(
         x,
@@ -126,10 +141,12 @@ def group_norm_backward(dy, saved: GroupNormSaved, *, out=None, backend=None):
     _checks.same_shape(_NAME, "dy", dy, "x", x)
     _checks.same_dtype(_NAME, "dy", dy, "x", x)
     _checks.output(_NAME, "out", out, x)
-    kernels_for(registry.OPS[_NAME], x, backend)
+    kernels = kernels_for(registry.OPS[_NAME], x, backend)
 
     n, groups = saved.mean.shape
     channels, s = x.shape[1], math.prod(x.shape[2:])
+    if kernels is not None:
+        return _kernel_backward(kernels, xp, dy, saved, out, (n, channels, s))
     view = (n, groups, channels // groups, s)
     pshape = (1, groups, channels // groups, 1)
     acc = saved.mean.dtype
@@ -141,6 +158,33 @@ def group_norm_backward(dy, saved: GroupNormSaved, *, out=None, backend=None):
     dx = _moments_backward(xp, g, x_hat, rstd, _STAT_AXES)
     dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
     dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _PARAM_SUM_AXES)
+    return dx, dweight, dbias
+
+
+def _kernel_backward(kernels, xp, dy, saved, out, view):
+    """group_norm_backward's (dx, dweight, dbias) from the kernels; `view` is (N, C, S)."""
+    x, weight = saved.x, saved.weight
+    n, channels, s = view
+    acc = saved.mean.dtype
+    dx = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
+    dweight = None if weight is None else xp.empty((channels,), dtype=acc)
+    dbias = None if saved.bias_dtype is None else xp.empty((channels,), dtype=acc)
+    groups = saved.mean.shape[1]
+    kernels.group_norm_backward(
+        xp.reshape(_xp.as_rows(xp, dy, n * channels, s), view),
+        xp.reshape(_xp.as_rows(xp, x, n * channels, s), view),
+        _xp.as_rows(xp, saved.mean, n, groups),
+        _xp.as_rows(xp, saved.rstd, n, groups),
+        _xp.param_vector(xp, weight, acc),
+        xp.reshape(dx, view),
+        dweight,
+        dbias,
+    )
+    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
+    if dweight is not None:
+        dweight = xp.astype(dweight, weight.dtype)
+    if dbias is not None:
+        dbias = xp.astype(dbias, saved.bias_dtype)
     return dx, dweight, dbias
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.base import Hyper, Optimizer, Schedule, register_state
+from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
 
 __all__ = ["AdamState", "adam", "adamw", "adam_variant", "VARIANTS"]
 
@@ -75,10 +75,7 @@ class Adam(Optimizer):
     ) -> None:
         self.name = name
         self.lr = Hyper.of(name, "lr", lr, _checks.nonnegative)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{name}: betas must be a pair (b1, b2), got {betas!r}")
-        self.b1 = Hyper.of(name, "betas[0]", betas[0], _checks.decay_rate)
-        self.b2 = Hyper.of(name, "betas[1]", betas[1], _checks.decay_rate)
+        self.b1, self.b2 = betas_of(name, betas)
         self.eps = _checks.positive(name, "eps", eps)
         self.weight_decay = Hyper.of(name, "weight_decay", weight_decay, _checks.nonnegative)
         self.amsgrad = _checks.flag(name, "amsgrad", amsgrad)

@@ -52,6 +52,7 @@ __all__ = [
     "Checked",
     "params_and_grads",
     "params_only",
+    "betas_of",
 ]
 
 Params = dict[str, Any] | list[Any] | tuple[Any, ...]
@@ -188,6 +189,16 @@ class Hyper:
         return self.check(self.op, f"{self.name} (its schedule at step {step})", self.value(step))
 
 
+def betas_of(op: str, betas: Any) -> tuple[Hyper, Hyper]:
+    """(b1, b2) of a `betas` pair: each a decay rate in [0, 1) or a schedule of one."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"{op}: betas must be a pair (b1, b2), got {betas!r}")
+    return (
+        Hyper.of(op, "betas[0]", betas[0], _checks.decay_rate),
+        Hyper.of(op, "betas[1]", betas[1], _checks.decay_rate),
+    )
+
+
 def _step_of(op: str, state: Any) -> int:
     """state.step as a Python int: a 0-d integer array (what init makes) or a Python int."""
     step = state.step
@@ -302,9 +313,13 @@ class Optimizer:
         `update` would return (bit for bit), and state.step advances. Returns None.
 
         `backend` (None: the `normref.use_backend` context) picks a fused kernel through
-        `normref._dispatch.kernels_for` and the registry entry's `kernels`; none exist yet, so
-        "auto" and "reference" run the reference. Torch users pass `p.detach()` tensors: they share
-        the parameters' storage, and autograd forbids in-place writes to leaves that require grad.
+        `normref._dispatch.kernels_for` and the registry entry's `kernels`, parameter by
+        parameter: "auto" sends each NumPy (CuPy) array whose dtype the entry's Numba (CUDA)
+        kernels take to them and every other one to the reference; "numba"/"cuda" refuse the
+        whole call, before anything is written, if one parameter is not theirs; "reference" never
+        uses a kernel. Both paths give the same bits. Torch users pass `p.detach()` tensors: they
+        share the parameters' storage, and autograd forbids in-place writes to leaves that require
+        grad.
         """
         checked, slots, step = self._checked(params, grads, state)
         if not isinstance(state.step, np.ndarray) or not state.step.flags.writeable:
@@ -316,19 +331,27 @@ class Optimizer:
             if _xp.is_numpy(p) and not p.flags.writeable:
                 raise ValueError(f"{self.name}: {_label('params', checked.keys, i)} is read-only")
         ks = self._per_parameter(checked, self._coefficients(step))
-        kernels = (
-            None
-            if self.kernel is None  # a peer's convention: reference arithmetic only
-            else kernels_for(registry.OPTIMIZERS[self.name], checked.params[0], backend)
-        )
+        # One kernel (or None: the reference) per parameter, since params may mix dtypes
+        # (float32 weights next to float16 ones) and a kernel module takes the dtypes it lists;
+        # looked up once per (dtype, empty), not once per tensor (params share one library).
+        fused: list[Any] = [None] * len(checked.params)
+        if self.kernel is not None:  # None: a peer's convention, reference arithmetic only
+            info, found = registry.OPTIMIZERS[self.name], {}
+            for i, p in enumerate(checked.params):
+                key = (p.dtype, p.size == 0)
+                if key not in found:
+                    kernels = kernels_for(info, p, backend)
+                    found[key] = (
+                        None if kernels is None else getattr(kernels, f"{self.kernel}_update_")
+                    )
+                fused[i] = found[key]
         # Nothing has been written above this line: every refusal leaves params and state intact.
-        fused = None if kernels is None else getattr(kernels, f"{self.kernel}_update_")
         for i, (p, g) in enumerate(zip(checked.params, checked.grads)):
             own = tuple(None if s is None else s[i] for s in slots)
-            if fused is not None:
+            if fused[i] is not None:
                 # A fused kernel reads p, g and the slots once and writes p and the slots once,
                 # computing exactly `_math`'s expression with the same coefficients.
-                fused(p, g, *own, ks[i])
+                fused[i](p, g, *own, ks[i])
                 continue
             p_new, own_new = self._one(checked.xp, p, g, own, ks[i])
             p[...] = p_new

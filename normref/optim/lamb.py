@@ -26,6 +26,7 @@ from normref.optim.base import (
     Optimizer,
     Params,
     Schedule,
+    betas_of,
     params_only,
     register_state,
 )
@@ -76,10 +77,7 @@ class Lamb(Optimizer):
     ) -> None:
         op = self.name
         self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{op}: betas must be a pair (b1, b2), got {betas!r}")
-        self.b1 = Hyper.of(op, "betas[0]", betas[0], _checks.decay_rate)
-        self.b2 = Hyper.of(op, "betas[1]", betas[1], _checks.decay_rate)
+        self.b1, self.b2 = betas_of(op, betas)
         self.eps = _checks.positive(op, "eps", eps)
         self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
         self.weight_decay_mask = check_mask(op, "weight_decay_mask", weight_decay_mask)

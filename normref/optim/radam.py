@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks
 from normref.optim.adam import _lerp
-from normref.optim.base import Hyper, Optimizer, Schedule, register_state
+from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
 
 __all__ = ["RAdamState", "radam", "radam_variant", "VARIANTS"]
 
@@ -80,10 +80,7 @@ class RAdam(Optimizer):
     ) -> None:
         op = self.name
         self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise TypeError(f"{op}: betas must be a pair (b1, b2), got {betas!r}")
-        self.b1 = Hyper.of(op, "betas[0]", betas[0], _checks.decay_rate)
-        self.b2 = Hyper.of(op, "betas[1]", betas[1], _checks.decay_rate)
+        self.b1, self.b2 = betas_of(op, betas)
         self.eps = _checks.positive(op, "eps", eps)
         self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
         self.decoupled = _checks.flag(op, "decoupled_weight_decay", decoupled_weight_decay)

@@ -17,6 +17,7 @@ A slice of v that is all zeros has no direction: w, dg and dv are NaN there, as 
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
@@ -72,13 +73,21 @@ def weight_norm_forward(g, v, *, dim=0, backend=None):
     _checks.min_ndim(_NAME, "v", v, 1, "(the weight's shape)")
     axes, keep = _layout(tuple(v.shape), dim)
     _check_g(g, keep, tuple(v.shape), dim)
-    kernels_for(registry.OPS[_NAME], v, backend)  # validates `backend`; there are no kernels
+    kernels = kernels_for(registry.OPS[_NAME], v, backend)
 
     acc = _xp.accumulation_dtype(xp, v.dtype)
-    va = xp.astype(v, acc)
-    norm = xp.sqrt(xp.sum(va * va, axis=axes, keepdims=True))
     ga = xp.reshape(xp.astype(g, acc), keep)
-    w = xp.astype(va * (ga / norm), v.dtype)
+    if kernels is None:
+        va = xp.astype(v, acc)
+        norm = xp.sqrt(xp.sum(va * va, axis=axes, keepdims=True))
+        w = xp.astype(va * (ga / norm), v.dtype)
+    else:
+        rows, n = _rows_shape(tuple(v.shape), dim)
+        w = xp.empty((rows, n), dtype=v.dtype)
+        norm = xp.empty((rows,), dtype=acc)
+        kernels.weight_norm_forward(_as_rows(xp, v, dim), _xp.param_vector(xp, ga, acc), w, norm)
+        w = _from_rows(xp, w, tuple(v.shape), dim)
+        norm = xp.reshape(norm, _norm_shape(tuple(v.shape), axes))
     return w, WeightNormSaved(v, tuple(g.shape), g.dtype, ga, norm, axes)
 
 
@@ -90,16 +99,32 @@ def weight_norm_backward(dw, saved: WeightNormSaved, *, backend=None):
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "v", v)
     _checks.same_dtype(_NAME, "dw", dw, "v", v)
-    kernels_for(registry.OPS[_NAME], v, backend)
+    kernels = kernels_for(registry.OPS[_NAME], v, backend)
 
     acc = saved.norm.dtype
-    va = xp.astype(v, acc)
-    dwa = xp.astype(dw, acc)
-    # dg per slice, still in the keepdims shape so that it broadcasts against v.
-    dg = xp.sum(dwa * va, axis=saved.axes, keepdims=True) / saved.norm
-    dv = (saved.g / saved.norm) * (dwa - va * (dg / saved.norm))
+    if kernels is None:
+        va = xp.astype(v, acc)
+        dwa = xp.astype(dw, acc)
+        # dg per slice, still in the keepdims shape so that it broadcasts against v.
+        dg = xp.sum(dwa * va, axis=saved.axes, keepdims=True) / saved.norm
+        dv = xp.astype((saved.g / saved.norm) * (dwa - va * (dg / saved.norm)), v.dtype)
+    else:
+        shape = tuple(v.shape)
+        dim = _dim_of(saved.axes, len(shape))
+        rows, n = _rows_shape(shape, dim)
+        dv = xp.empty((rows, n), dtype=v.dtype)
+        dg = xp.empty((rows,), dtype=acc)
+        kernels.weight_norm_backward(
+            _as_rows(xp, dw, dim),
+            _as_rows(xp, v, dim),
+            _xp.param_vector(xp, saved.g, acc),
+            _xp.param_vector(xp, saved.norm, acc),
+            dv,
+            dg,
+        )
+        dv = _from_rows(xp, dv, shape, dim)
     dg = xp.reshape(xp.astype(dg, saved.g_dtype), saved.g_shape)
-    return dg, xp.astype(dv, v.dtype)
+    return dg, dv
 
 
 def weight_norm_init(w, dim=0):
@@ -123,6 +148,45 @@ def _layout(shape, dim, op=_NAME):
     axes = tuple(i for i in range(len(shape)) if i != d)
     keep = tuple(n if i == d else 1 for i, n in enumerate(shape))
     return axes, keep
+
+
+# --- the kernels' layout: one row per slice ----------------------------------------------------
+# The kernels (normref/kernels/numba/reparam.py, cuda/reparam_launch.py) take v as a C-contiguous
+# (rows, n) array with one slice per row: for dim=0 (the output channels) that is v itself
+# reshaped, a view; for another dim, v with `dim` moved to the front, a copy; for dim=None, one row.
+
+
+def _rows_shape(shape, dim):
+    rows = 1 if dim is None else shape[dim]
+    return rows, math.prod(shape) // rows if rows else 0
+
+
+def _as_rows(xp, a, dim):
+    """`a` (v's shape) as the kernels' C-contiguous (rows, n) array."""
+    rows, n = _rows_shape(tuple(a.shape), dim)
+    if dim not in (None, 0):
+        a = xp.moveaxis(a, dim, 0)
+    return _xp.as_rows(xp, a, rows, n)
+
+
+def _from_rows(xp, a2, shape, dim):
+    """The (rows, n) result of a kernel back in v's shape, C-contiguous."""
+    if dim in (None, 0):
+        return xp.reshape(a2, shape)
+    moved = (shape[dim],) + shape[:dim] + shape[dim + 1 :]
+    back = xp.moveaxis(xp.reshape(a2, moved), 0, dim)
+    return xp.reshape(xp.reshape(back, (-1,)), shape)  # flattening copies, in C order
+
+
+def _norm_shape(shape, axes):
+    """The keepdims shape of the norm: v's shape with the reduced axes set to 1."""
+    return tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+
+def _dim_of(axes, ndim):
+    """The `dim` that reduces over `axes` (None: all of them)."""
+    kept = [i for i in range(ndim) if i not in axes]
+    return kept[0] if kept else None
 
 
 def _check_g(g, keep, v_shape, dim):

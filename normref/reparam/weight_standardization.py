@@ -70,12 +70,22 @@ def weight_standardization_forward(weight, *, eps=1e-5, backend=None):
             f"{_NAME}: each output channel needs at least 2 values for the unbiased standard "
             f"deviation, got weight of shape {tuple(weight.shape)} (fan-in {n})"
         )
-    kernels_for(registry.OPS[_NAME], weight, backend)  # validates `backend`; there are no kernels
+    kernels = kernels_for(registry.OPS[_NAME], weight, backend)
 
     acc = _xp.accumulation_dtype(xp, weight.dtype)
-    centred, mean, sumsq = channel_moments(xp, xp.reshape(weight, (channels, n)), acc)
-    std = xp.sqrt(sumsq / (n - 1))
-    w = xp.astype(xp.reshape(centred / (std + eps), tuple(weight.shape)), weight.dtype)
+    if kernels is None:
+        centred, mean, sumsq = channel_moments(xp, xp.reshape(weight, (channels, n)), acc)
+        std = xp.sqrt(sumsq / (n - 1))
+        w = xp.astype(xp.reshape(centred / (std + eps), tuple(weight.shape)), weight.dtype)
+    else:  # the same numerics, one output channel per row (normref/kernels/*/reparam*)
+        w = xp.empty((channels, n), dtype=weight.dtype)
+        mean = xp.empty((channels,), dtype=acc)
+        std = xp.empty((channels,), dtype=acc)
+        kernels.weight_standardization_forward(
+            _xp.as_rows(xp, weight, channels, n), eps, w, mean, std
+        )
+        w = xp.reshape(w, tuple(weight.shape))
+        mean, std = xp.reshape(mean, (channels, 1)), xp.reshape(std, (channels, 1))
     return w, WeightStandardizationSaved(weight, mean, std, eps)
 
 
@@ -86,10 +96,22 @@ def weight_standardization_backward(dw, saved: WeightStandardizationSaved, *, ba
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "weight", weight)
     _checks.same_dtype(_NAME, "dw", dw, "weight", weight)
-    kernels_for(registry.OPS[_NAME], weight, backend)
+    kernels = kernels_for(registry.OPS[_NAME], weight, backend)
 
     channels, n = weight.shape[0], math.prod(weight.shape[1:])
     acc = saved.mean.dtype
+    if kernels is not None:
+        dweight = xp.empty((channels, n), dtype=weight.dtype)
+        kernels.weight_standardization_backward(
+            _xp.as_rows(xp, dw, channels, n),
+            _xp.as_rows(xp, weight, channels, n),
+            _xp.param_vector(xp, saved.mean, acc),
+            _xp.param_vector(xp, saved.std, acc),
+            saved.eps,
+            dweight,
+        )
+        return (xp.reshape(dweight, tuple(weight.shape)),)
+
     centred = recentred(xp, xp.reshape(weight, (channels, n)), saved.mean, acc)
     denom = saved.std + saved.eps
     y = centred / denom

@@ -158,6 +158,18 @@ def torch_default_dtype(dtype):
         torch.set_default_dtype(previous)
 
 
+def combo_id(combo):
+    """A test id for a dict of keyword arguments: "k1=v1,k2=v2"."""
+    return ",".join(f"{k}={v}" for k, v in combo.items())
+
+
+def torch_factory(cls_name, **kw):
+    """make_optimizer for torch_trajectory: torch.optim.<cls_name> on its single-tensor path."""
+    import torch
+
+    return lambda ps: getattr(torch.optim, cls_name)(ps, foreach=False, **kw)
+
+
 def torch_trajectory_in(dtype, make_optimizer, params, grads, make_scheduler=None):
     with torch_default_dtype(dtype):
         return torch_trajectory(make_optimizer, params, grads, make_scheduler)

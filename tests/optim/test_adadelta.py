@@ -2,18 +2,14 @@
 option combination; against optax.adadelta and a direct re-derivation of Keras' update under its
 defaults; the contract; errors."""
 
-import itertools
+import functools
 
 import numpy as np
 import pytest
 from contract_checks import (
-    assert_bad_grads_refused_without_mutation,
-    assert_checkpoint_round_trip,
-    assert_docstring_examples_run,
-    assert_runs_on_array_api_strict_and_torch,
-    assert_update_in_place_equals_update,
-    assert_update_is_pure,
+    combo_id,
     optax_trajectory,
+    torch_factory,
     torch_trajectory_in,
 )
 from optim_trajectories import (
@@ -30,33 +26,15 @@ from normref.registry import OPTIMIZERS
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 0.7
-COMBOS = [
-    dict(weight_decay=wd, maximize=m) for wd, m in itertools.product((0.0, 0.1), (False, True))
-]
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
-def _torch(**kw):
-    return lambda ps: torch.optim.Adadelta(ps, foreach=False, **kw)
-
-
-@DTYPES
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
-def test_trajectory_equals_torch(combo, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.adadelta(LR, **combo), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=LR, **combo), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+_torch = functools.partial(torch_factory, "Adadelta")
 
 
 @pytest.mark.parametrize(
     "kw",
     [dict(rho=0.0), dict(rho=1.0), dict(rho=0.5, eps=1e-3), dict(rho=0.95, eps=1e-9)],
-    ids=_id,
+    ids=combo_id,
 )
 def test_other_rho_and_eps_equal_torch(kw):
     """rho = 1 keeps both averages at 0: steps of lr * g (PyTorch accepts rho in [0, 1])."""
@@ -128,31 +106,6 @@ def test_the_first_step_is_sqrt_eps_over_rms_g():
 # -- contract and errors ------------------------------------------------------------------------
 
 
-def _make():
-    return optim.adadelta(LR, rho=0.8, weight_decay=0.01, maximize=True)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
-def test_update_in_place_equals_update_bit_for_bit(dtype):
-    assert_update_in_place_equals_update(_make, dtype)
-
-
-def test_update_is_pure():
-    assert_update_is_pure(_make)
-
-
-def test_checkpoint_round_trip(tmp_path):
-    assert_checkpoint_round_trip(_make, tmp_path, np.float32)
-
-
-def test_bad_grads_are_refused_without_mutation():
-    assert_bad_grads_refused_without_mutation(_make)
-
-
-def test_runs_on_array_api_strict_and_torch_tensors():
-    assert_runs_on_array_api_strict_and_torch(_make)
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -165,7 +118,3 @@ def test_runs_on_array_api_strict_and_torch_tensors():
 def test_bad_hyperparameters_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         optim.adadelta(**kwargs)
-
-
-def test_docstring_examples_run():
-    assert_docstring_examples_run("normref.optim.adadelta")

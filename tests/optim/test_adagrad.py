@@ -2,18 +2,13 @@
 option combination; the eps-in-sqrt variant against a direct re-derivation and optax.adagrad;
 the contract; errors."""
 
-import itertools
+import functools
 
 import numpy as np
 import pytest
 from contract_checks import (
-    assert_bad_grads_refused_without_mutation,
-    assert_checkpoint_round_trip,
-    assert_docstring_examples_run,
-    assert_runs_on_array_api_strict_and_torch,
-    assert_update_in_place_equals_update,
-    assert_update_is_pure,
     optax_trajectory,
+    torch_factory,
     torch_trajectory_in,
 )
 from optim_trajectories import (
@@ -30,28 +25,9 @@ from normref.registry import OPTIMIZERS
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 0.03
-COMBOS = [
-    dict(lr_decay=d, weight_decay=wd, initial_accumulator_value=s0, maximize=m)
-    for d, wd, s0, m in itertools.product((0.0, 0.02), (0.0, 0.1), (0.0, 0.1), (False, True))
-]
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
-def _torch(**kw):
-    return lambda ps: torch.optim.Adagrad(ps, foreach=False, **kw)
-
-
-@DTYPES
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
-def test_trajectory_equals_torch(combo, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.adagrad(LR, **combo), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=LR, **combo), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+_torch = functools.partial(torch_factory, "Adagrad")
 
 
 @pytest.mark.parametrize("eps", [1e-3, 1e-12])
@@ -143,31 +119,6 @@ def test_eps_in_sqrt_equals_optax_adagrad():
 # -- contract and errors ------------------------------------------------------------------------
 
 
-def _make():
-    return optim.adagrad(LR, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
-def test_update_in_place_equals_update_bit_for_bit(dtype):
-    assert_update_in_place_equals_update(_make, dtype)
-
-
-def test_update_is_pure():
-    assert_update_is_pure(_make)
-
-
-def test_checkpoint_round_trip(tmp_path):
-    assert_checkpoint_round_trip(_make, tmp_path, np.float16)
-
-
-def test_bad_grads_are_refused_without_mutation():
-    assert_bad_grads_refused_without_mutation(_make)
-
-
-def test_runs_on_array_api_strict_and_torch_tensors():
-    assert_runs_on_array_api_strict_and_torch(_make)
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -181,7 +132,3 @@ def test_runs_on_array_api_strict_and_torch_tensors():
 def test_bad_hyperparameters_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         optim.adagrad(**kwargs)
-
-
-def test_docstring_examples_run():
-    assert_docstring_examples_run("normref.optim.adagrad")

@@ -2,18 +2,15 @@
 option combination; the momentum schedule's product; the Keras and optax variants against direct
 re-derivations of their formulas (and optax.nadam itself); the contract; errors."""
 
+import functools
 import itertools
 
 import numpy as np
 import pytest
 from contract_checks import (
-    assert_bad_grads_refused_without_mutation,
-    assert_checkpoint_round_trip,
-    assert_docstring_examples_run,
-    assert_runs_on_array_api_strict_and_torch,
-    assert_update_in_place_equals_update,
-    assert_update_is_pure,
+    combo_id,
     optax_trajectory,
+    torch_factory,
     torch_trajectory_in,
 )
 from optim_trajectories import (
@@ -34,26 +31,9 @@ COMBOS = [
     dict(weight_decay=wd, decoupled_weight_decay=d, maximize=m)
     for wd, d, m in itertools.product((0.0, 0.1), (False, True), (False, True))
 ]
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
-def _torch(**kw):
-    return lambda ps: torch.optim.NAdam(ps, foreach=False, **kw)
-
-
-@DTYPES
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
-def test_trajectory_equals_torch(combo, dtype):
-    """float64 runs use torch's float64 default dtype: PyTorch keeps mu_product in the default
-    dtype, so under float32 its schedule's product is rounded to float32 every step."""
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.nadam(LR, **combo), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=LR, **combo), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+_torch = functools.partial(torch_factory, "NAdam")
 
 
 @pytest.mark.parametrize(
@@ -65,7 +45,7 @@ def test_trajectory_equals_torch(combo, dtype):
         dict(betas=(0.0, 0.5), eps=1e-3),
         dict(betas=(0.99, 0.0), weight_decay=0.01),
     ],
-    ids=_id,
+    ids=combo_id,
 )
 def test_other_hyperparameters_equal_torch(kw):
     dtype = np.float64
@@ -176,7 +156,7 @@ def test_variant_equals_a_direct_rederivation(variant, direct):
     assert not np.allclose(ours, reference, rtol=1e-6, atol=0), "the probe must separate it"
 
 
-@pytest.mark.parametrize("combo", COMBOS[:4], ids=_id)
+@pytest.mark.parametrize("combo", COMBOS[:4], ids=combo_id)
 def test_float32_product_variant_is_torch_under_its_default_dtype(combo):
     """float64 params, torch's default float32 dtype: mu_product is a float32 scalar. The
     reference is 1e-11 away from that; the variant reproduces it to float64 rounding."""
@@ -202,31 +182,6 @@ def test_optax_variant_equals_optax_nadam():
 # -- contract and errors ------------------------------------------------------------------------
 
 
-def _make():
-    return optim.nadam(LR, weight_decay=0.01, decoupled_weight_decay=True)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
-def test_update_in_place_equals_update_bit_for_bit(dtype):
-    assert_update_in_place_equals_update(_make, dtype)
-
-
-def test_update_is_pure():
-    assert_update_is_pure(_make)
-
-
-def test_checkpoint_round_trip(tmp_path):
-    assert_checkpoint_round_trip(_make, tmp_path, np.float64)
-
-
-def test_bad_grads_are_refused_without_mutation():
-    assert_bad_grads_refused_without_mutation(_make)
-
-
-def test_runs_on_array_api_strict_and_torch_tensors():
-    assert_runs_on_array_api_strict_and_torch(_make)
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -240,7 +195,3 @@ def test_runs_on_array_api_strict_and_torch_tensors():
 def test_bad_hyperparameters_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         optim.nadam(**kwargs)
-
-
-def test_docstring_examples_run():
-    assert_docstring_examples_run("normref.optim.nadam")

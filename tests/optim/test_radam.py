@@ -2,19 +2,15 @@
 option combination; the rectification threshold; the optax and pytorch_optimizer variants against
 direct re-derivations (and optax.radam itself); the contract; errors."""
 
-import itertools
+import functools
 import math
 
 import numpy as np
 import pytest
 from contract_checks import (
-    assert_bad_grads_refused_without_mutation,
-    assert_checkpoint_round_trip,
-    assert_docstring_examples_run,
-    assert_runs_on_array_api_strict_and_torch,
-    assert_update_in_place_equals_update,
-    assert_update_is_pure,
+    combo_id,
     optax_trajectory,
+    torch_factory,
     torch_trajectory_in,
 )
 from optim_trajectories import (
@@ -31,29 +27,9 @@ from normref.registry import OPTIMIZERS
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 4e-3
-COMBOS = [
-    dict(weight_decay=wd, decoupled_weight_decay=d, maximize=m)
-    for wd, d, m in itertools.product((0.0, 0.1), (False, True), (False, True))
-]
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
-def _torch(**kw):
-    return lambda ps: torch.optim.RAdam(ps, foreach=False, **kw)
-
-
-@DTYPES
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
-def test_trajectory_equals_torch(combo, dtype):
-    """50 steps cross the threshold (rho_t > 5 from t = 6 at b2 = 0.999)."""
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.radam(LR, **combo), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=LR, **combo), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+_torch = functools.partial(torch_factory, "RAdam")
 
 
 @pytest.mark.parametrize(
@@ -64,7 +40,7 @@ def test_trajectory_equals_torch(combo, dtype):
         dict(betas=(0.5, 0.0)),  # rho_inf = 1: never rectified, momentum SGD throughout
         dict(betas=(0.95, 0.9999), weight_decay=0.01, decoupled_weight_decay=True),
     ],
-    ids=_id,
+    ids=combo_id,
 )
 def test_other_hyperparameters_equal_torch(kw):
     dtype = np.float64
@@ -177,32 +153,6 @@ def test_optax_variant_equals_optax_radam():
 # -- contract and errors ------------------------------------------------------------------------
 
 
-def _make():
-    return optim.radam(LR, weight_decay=0.01, maximize=True)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
-def test_update_in_place_equals_update_bit_for_bit(dtype):
-    assert_update_in_place_equals_update(_make, dtype)
-
-
-def test_update_is_pure():
-    assert_update_is_pure(_make)
-    assert_update_is_pure(lambda: _variant("skip_unrectified")(lr=LR))  # p unmoved: a copy
-
-
-def test_checkpoint_round_trip(tmp_path):
-    assert_checkpoint_round_trip(_make, tmp_path, np.float32)
-
-
-def test_bad_grads_are_refused_without_mutation():
-    assert_bad_grads_refused_without_mutation(_make)
-
-
-def test_runs_on_array_api_strict_and_torch_tensors():
-    assert_runs_on_array_api_strict_and_torch(_make)
-
-
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -215,7 +165,3 @@ def test_runs_on_array_api_strict_and_torch_tensors():
 def test_bad_hyperparameters_are_refused(kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         optim.radam(**kwargs)
-
-
-def test_docstring_examples_run():
-    assert_docstring_examples_run("normref.optim.radam")

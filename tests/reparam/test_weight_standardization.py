@@ -137,7 +137,12 @@ def test_float16_computes_in_float32_and_rounds_once():
         (np.ones((4, 1, 1)), {}, ValueError, "at least 2 values for the unbiased"),
         (np.ones((3, 4)), {"eps": 0.0}, ValueError, "eps must be a finite number > 0"),
         (np.ones((3, 4)), {"eps": -1e-5}, ValueError, "eps must be a finite number > 0"),
-        (np.ones((3, 4)), {"backend": "numba"}, TypeError, "backend='numba' takes no dtype"),
+        (
+            np.ones((3, 4), np.float16),
+            {"backend": "numba"},
+            TypeError,
+            "backend='numba' takes float32, float64, got float16",
+        ),
     ],
 )
 def test_bad_input_is_refused_clearly(weight, kwargs, error, match):

@@ -1,0 +1,137 @@
+// Weight normalization forward and backward, one block per row (numerics: specs/weight_norm.md,
+// normref/reparam/weight_norm.py). A row is one slice of v, one output channel for dim=0: n is its
+// fan-in, g and norm hold one value per row.
+//
+// T is the storage dtype (float, __half, double), Acc the accumulation dtype (float, float, double).
+// As in layer_norm.cu, two variants of each kernel:
+//   *_fwd / *_bwd <T, Acc, VPT>: the row fits in registers (n <= VPT * blockDim.x), so v (and dw)
+//       are read from memory once;
+//   *_fwd_long / *_bwd_long <T, Acc>: longer rows; the second pass reads global memory again.
+// Thread t owns elements t, t + blockDim.x, ... (coalesced). reparam_launch.py: launch_config picks
+// the kernel and block size (blockDim.x a multiple of 32). No thread returns before a block_sum.
+#include "reduce.cuh"
+
+namespace normref {
+
+__device__ __forceinline__ float acc_sqrt(float v) { return sqrtf(v); }  // IEEE-rounded
+__device__ __forceinline__ double acc_sqrt(double v) { return sqrt(v); }
+
+// norm = sqrt(sum(v^2)), w = v * (g / norm). No eps, as PyTorch: a zero row divides by zero and
+// gives NaN (0 * inf), and a NaN in v reaches the whole row through the sum.
+template <typename T, typename Acc, int VPT>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    weight_norm_fwd(const T* __restrict__ v, const Acc* __restrict__ g, T* __restrict__ w,
+                    Acc* __restrict__ norm, int n) {
+    const long long row = blockIdx.x;
+    const T* vr = v + row * n;
+    T* wr = w + row * n;
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+
+    Acc x[VPT];  // 0 in padding slots, which then add nothing to the sum
+    Acc s[1] = {Acc(0)};
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        x[i] = j < n ? to_acc(vr[j]) : Acc(0);
+        s[0] += x[i] * x[i];
+    }
+    block_sum(s);
+    const Acc nrm = acc_sqrt(s[0]);
+    const Acc scale = g[row] / nrm;
+
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        if (j < n) wr[j] = Store<T>::from(x[i] * scale);
+    }
+    if (tid == 0) norm[row] = nrm;
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    weight_norm_fwd_long(const T* __restrict__ v, const Acc* __restrict__ g, T* __restrict__ w,
+                         Acc* __restrict__ norm, int n) {
+    const long long row = blockIdx.x;
+    const T* vr = v + row * n;
+    T* wr = w + row * n;
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+
+    Acc s[1] = {Acc(0)};
+    for (int j = tid; j < n; j += stride) {
+        const Acc x = to_acc(vr[j]);
+        s[0] += x * x;
+    }
+    block_sum(s);
+    const Acc nrm = acc_sqrt(s[0]);
+    const Acc scale = g[row] / nrm;
+
+    for (int j = tid; j < n; j += stride) wr[j] = Store<T>::from(to_acc(vr[j]) * scale);
+    if (tid == 0) norm[row] = nrm;
+}
+
+// dg = sum(dw * v) / norm, dv = (g / norm) * (dw - v * (dg / norm)); dg is written per row in Acc
+// (the op wrapper rounds it to g's dtype).
+template <typename T, typename Acc, int VPT>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    weight_norm_bwd(const T* __restrict__ dw, const T* __restrict__ v, const Acc* __restrict__ g,
+                    const Acc* __restrict__ norm, T* __restrict__ dv, Acc* __restrict__ dg, int n) {
+    const long long row = blockIdx.x;
+    const T* dwr = dw + row * n;
+    const T* vr = v + row * n;
+    T* dvr = dv + row * n;
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+
+    Acc x[VPT];
+    Acc d[VPT];
+    Acc s[1] = {Acc(0)};
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        x[i] = j < n ? to_acc(vr[j]) : Acc(0);
+        d[i] = j < n ? to_acc(dwr[j]) : Acc(0);
+        s[0] += d[i] * x[i];
+    }
+    block_sum(s);
+    const Acc nrm = norm[row];
+    const Acc dgr = s[0] / nrm;
+    const Acc a = g[row] / nrm;
+    const Acc b = dgr / nrm;
+
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        if (j < n) dvr[j] = Store<T>::from(a * (d[i] - x[i] * b));
+    }
+    if (tid == 0) dg[row] = dgr;
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    weight_norm_bwd_long(const T* __restrict__ dw, const T* __restrict__ v,
+                         const Acc* __restrict__ g, const Acc* __restrict__ norm,
+                         T* __restrict__ dv, Acc* __restrict__ dg, int n) {
+    const long long row = blockIdx.x;
+    const T* dwr = dw + row * n;
+    const T* vr = v + row * n;
+    T* dvr = dv + row * n;
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+
+    Acc s[1] = {Acc(0)};
+    for (int j = tid; j < n; j += stride) s[0] += to_acc(dwr[j]) * to_acc(vr[j]);
+    block_sum(s);
+    const Acc nrm = norm[row];
+    const Acc dgr = s[0] / nrm;
+    const Acc a = g[row] / nrm;
+    const Acc b = dgr / nrm;
+
+    for (int j = tid; j < n; j += stride) {
+        dvr[j] = Store<T>::from(a * (to_acc(dwr[j]) - to_acc(vr[j]) * b));
+    }
+    if (tid == 0) dg[row] = dgr;
+}
+
+}  // namespace normref

@@ -1,0 +1,1 @@
+"""CPU kernels compiled with Numba, grouped by family (norms.py: LayerNorm and RMSNorm)."""

@@ -1,0 +1,681 @@
+"""Numba CPU kernels for BatchNorm and GroupNorm, forward and backward.
+
+The op wrappers (normref/norms/batch_norm.py, group_norm.py) validate, view x as a C-contiguous
+(N, C, S) array (S = prod(spatial)), allocate the outputs, cast weight/bias to the accumulation
+dtype (float32 for float32, float64 for float64: Numba has no float16) and call the five functions
+at the bottom of this module:
+
+    batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq)     batch statistics
+        x, y: (N, C, S); weight, bias: (C,) or None; mean, rstd, sumsq: (C,), written
+    batch_norm_apply(x, mean, rstd, weight, bias, y)                    given statistics (eval)
+    batch_norm_backward(dy, x, mean, rstd, weight, batch_stats, dx, dweight, dbias)
+        batch_stats: True when mean and rstd came from x (the training backward goes through
+        them), False for fixed running statistics (dx = dy * weight * rstd)
+        dweight, dbias: (C,) to write, or None when that gradient is not wanted
+    group_norm_forward(x, weight, bias, eps, y, mean, rstd)
+        mean, rstd: (N, G), written; G = mean.shape[1] must divide C
+    group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias)
+
+The numerics are the references' (batch_norm.py `_moments`, specs/batch_norm.md, group_norm.md):
+shifted two-pass statistics with the shift K = the first value of the channel (BatchNorm) or of
+the (sample, group) (GroupNorm), mean = K + mean_d saved, and a backward that re-centres the
+recomputed x_hat. They are built like norms.py's LayerNorm kernels:
+
+- ``fastmath={'reassoc'}`` and nothing else (vectorized reductions, IEEE NaN/Inf, no fused
+  multiply-adds); the shift ``x - K`` and every ``x - mean`` go through ``_minus``, compiled
+  without fastmath, so that reassociation cannot fold them into the sums around them.
+- Sums are blocked: partial sums of ``_BLOCK`` values (or of a block's rows, down a column) are
+  added into a unit's total, and the units' totals into the channel's, always in the same order.
+- Deterministic for any thread count: parallel loops write only per-unit (or per-row, per-channel)
+  results, and every total is taken by one thread in a fixed order.
+- GroupNorm is LayerNorm over each (sample, group) row of C/G * S contiguous values, with the
+  weight and bias of each value's channel. The backward's first pass sums dy, dy * (x - mean) and
+  x - mean per (sample, channel) plane, so the weight multiplies three sums per channel instead of
+  every value, and those sums give the parameter gradients too, added over the samples in order.
+- BatchNorm reduces over N * S values per channel, spread over N planes: that work is cut into
+  units (`batch_norm_units`, a function of the shape only), which run in parallel across channels
+  *and* samples. Each unit takes its own two passes while its values sit in cache,
+  sum(x - K), then sum((x - K - unit mean)^2), and the units' (count, sum, M2) are combined per
+  channel with Chan et al.'s formula, sumsq = sum over units of M2_u + count_u * (mean_u -
+  mean_d)^2: x is read from memory once for the statistics instead of twice. Two layouts:
+  planes of S >= 200 values are reduced along the plane (a unit: a few samples by a segment of
+  positions of one channel); shorter ones ((N, C) inputs, small feature maps), where a plane is
+  too short to vectorize, down the columns of the (N, C * S) view (a unit: a block of samples,
+  all columns, with a partial per column). Measured crossover: S ~ 196.
+- Absent weight/bias/dweight/dbias are replaced by ones, zeros and scratch arrays of C values
+  instead of compiling a None specialisation of each kernel: x_hat * 1 + 0 == x_hat exactly
+  (-0 aside) and dy * 1 == dy, so the results are those of the pruned branches, and CI compiles
+  one specialisation per kernel and dtype (every parallel specialisation costs seconds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = [
+    "batch_norm_units",
+    "batch_norm_forward",
+    "batch_norm_apply",
+    "batch_norm_backward",
+    "group_norm_forward",
+    "group_norm_backward",
+]
+
+_FASTMATH = {"reassoc"}
+_BLOCK = 256  # elements per partial sum
+_UNIT = 8192  # values a BatchNorm plane unit aims at (32 KiB of float32: its second pass hits L1)
+_SHORT = 200  # planes shorter than this use the column layout (measured crossover: S ~ 196)
+_COLUMN_ROWS = 256  # column layout: at most this many samples per block (sequential column sums)
+_SLAB = 1 << 18  # ... and at most this many values (1 MiB of float32: its second pass hits L2)
+
+
+def _kernel(fn):
+    return njit(cache=True, parallel=True, fastmath=_FASTMATH)(fn)
+
+
+@njit(cache=True)  # strict IEEE on purpose: see the module docstring
+def _minus(a, b):
+    return a - b
+
+
+def batch_norm_units(n: int, c: int, s: int) -> tuple[int, int]:
+    """(rows, seg): BatchNorm's work units, a function of the shape only (so results do not
+    depend on the thread count).
+
+    Planes of S >= _SHORT values (the plane layout): a unit is `rows` consecutive samples by `seg`
+    consecutive positions of one channel, up to _UNIT values. Long planes are cut into about equal
+    segments, short ones grouped over samples (fewer, larger units: each costs integer divisions
+    and loop epilogues).
+
+    Shorter planes ((N, C) inputs, tiny feature maps; seg = 0, the column layout): x is viewed as
+    (N, C * S) rows, and a unit is a block of `rows` samples reduced down its columns with the row
+    vectorized, where reducing along a plane of a few values could not be.
+    """
+    if s < _SHORT:
+        return max(1, min(n, _COLUMN_ROWS, _SLAB // (c * s))), 0
+    if s >= _UNIT:
+        segments = -(-s // _UNIT)
+        return 1, -(-s // segments)
+    return min(n, _UNIT // s), s
+
+
+@njit(cache=True)
+def _unit(u, n, c, s, rows, seg):
+    """Plane layout: (channel, index p among the channel's units, n0, n1, s0, s1) of unit u,
+    samples [n0, n1) by positions [s0, s1). Units are numbered (sample block, channel, segment),
+    segments fastest: a thread's consecutive units share their samples."""
+    segments = (s + seg - 1) // seg
+    block = u // (segments * c)
+    j = u % segments
+    n0 = block * rows
+    s0 = j * seg
+    return (u // segments) % c, block * segments + j, n0, min(n, n0 + rows), s0, min(s, s0 + seg)
+
+
+@njit(cache=True)
+def _per_channel(n, s, rows, seg):
+    """Plane layout: how many units each channel has."""
+    return ((n + rows - 1) // rows) * ((s + seg - 1) // seg)
+
+
+@njit(cache=True)
+def _spread(psum, pm2, count, mean_d):
+    """A part's sum of squares about the channel's mean, from its own sum and sum of squares about
+    its own mean (Chan et al.): pm2 + count * (psum / count - mean_d)^2. Strict IEEE."""
+    d = psum / count - mean_d
+    return pm2 + count * d * d
+
+
+@njit(cache=True)
+def _finish_stats(n, s, eps, shift, centre, sumsq, mean, rstd):
+    """From each channel's centre (sum(x - K), made its mean here) and sum of squares."""
+    acc = mean.dtype.type
+    m = acc(n * s)
+    for ch in range(mean.shape[0]):
+        centre[ch] = centre[ch] / m
+        rstd[ch] = acc(1) / np.sqrt(sumsq[ch] / m + acc(eps))
+        mean[ch] = shift[ch] + centre[ch]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _sum_shifted(v, k):
+    """sum(v - k), blocked."""
+    acc = v.dtype.type
+    total = acc(0)
+    for b in range(0, v.shape[0], _BLOCK):
+        vb = v[b : b + _BLOCK]
+        t = acc(0)
+        for j in range(vb.shape[0]):
+            t += _minus(vb[j], k)
+        total += t
+    return total
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _sum_sq_shifted(v, k, m):
+    """sum(((v - k) - m)^2), blocked."""
+    acc = v.dtype.type
+    total = acc(0)
+    for b in range(0, v.shape[0], _BLOCK):
+        vb = v[b : b + _BLOCK]
+        t = acc(0)
+        for j in range(vb.shape[0]):
+            d = _minus(_minus(vb[j], k), m)
+            t += d * d
+        total += t
+    return total
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _normalize(v, k, m, r, w, b, out):
+    """out = ((v - k) - m) * r * w + b."""
+    for j in range(v.shape[0]):
+        out[j] = _minus(_minus(v[j], k), m) * r * w + b
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _centred_sums(dy, x, mu):
+    """(sum(dy), sum(dy * (x - mu)), sum(x - mu)), blocked. The weight is one number per plane,
+    so the callers apply it to these sums instead of to every element."""
+    acc = x.dtype.type
+    sg = acc(0)
+    sgx = acc(0)
+    sx = acc(0)
+    for b in range(0, x.shape[0], _BLOCK):
+        xb = x[b : b + _BLOCK]
+        dyb = dy[b : b + _BLOCK]
+        tg = acc(0)
+        tgx = acc(0)
+        tx = acc(0)
+        for j in range(xb.shape[0]):
+            xc = _minus(xb[j], mu)
+            tg += dyb[j]
+            tgx += dyb[j] * xc
+            tx += xc
+        sg += tg
+        sgx += tgx
+        sx += tx
+    return sg, sgx, sx
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dx_batch_stats(dy, x, mu, r, cx, w, mg, mgx, dx):
+    """The training backward: dx = r * (dy * w - mean(g) - x_hat * mean(g * x_hat)) with the
+    re-centred x_hat = (x - mu) * r - cx."""
+    for j in range(x.shape[0]):
+        xh = _minus(x[j], mu) * r - cx
+        dx[j] = r * (dy[j] * w - mg - xh * mgx)
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dx_fixed_stats(dy, w, r, dx):
+    """Fixed statistics: dx = dy * w * r."""
+    for j in range(dy.shape[0]):
+        dx[j] = dy[j] * w * r
+
+
+# Column layout: the same, one value per column j of a row, with per-column parameters (a
+# channel's value repeated over its S columns). Each updates the row's columns, so the sums down
+# a column are taken in row order: no reduction for reassoc to reorder.
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _add_shifted_columns(v, k, out):
+    for j in range(v.shape[0]):
+        out[j] += _minus(v[j], k[j])
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _add_sq_shifted_columns(v, k, m, out):
+    for j in range(v.shape[0]):
+        d = _minus(_minus(v[j], k[j]), m[j])
+        out[j] += d * d
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _normalize_columns(v, k, m, r, w, b, out):
+    for j in range(v.shape[0]):
+        out[j] = _minus(_minus(v[j], k[j]), m[j]) * r[j] * w[j] + b[j]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _add_centred_sums_columns(dy, x, mu, sg, sgx, sx):
+    for j in range(x.shape[0]):
+        xc = _minus(x[j], mu[j])
+        sg[j] += dy[j]
+        sgx[j] += dy[j] * xc
+        sx[j] += xc
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dx_batch_stats_columns(dy, x, mu, r, cx, w, mg, mgx, dx):
+    for j in range(x.shape[0]):
+        xh = _minus(x[j], mu[j]) * r[j] - cx[j]
+        dx[j] = r[j] * (dy[j] * w[j] - mg[j] - xh * mgx[j])
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dx_fixed_stats_columns(dy, w, r, dx):
+    for j in range(dy.shape[0]):
+        dx[j] = dy[j] * w[j] * r[j]
+
+
+# ---- BatchNorm -----------------------------------------------------------------------------------
+# Forward with batch statistics: _bn_stats_* (per-unit sum and sum of squares about the unit's mean,
+# then per channel, in unit order, Chan's combination) and _finish_stats, then _bn_apply_*, which
+# normalizes ((x - K) - mean_d) like the reference. Eval: _bn_apply_* with K = the running mean.
+# Backward: per-unit sums of dy, dy * (x - mean) and x - mean, per-channel totals in unit order,
+# _bn_backward_finish, then (batch statistics) a dx pass.
+
+
+@_kernel
+def _bn_stats_planes(x, rows, seg, shift, centre, sumsq):
+    n, c, s = x.shape
+    acc = sumsq.dtype.type
+    for ch in range(c):
+        shift[ch] = x[0, ch, 0]  # K: x - K is exact for a channel with a large offset
+    per = _per_channel(n, s, rows, seg)
+    psum = np.empty((c, per), dtype=sumsq.dtype)  # sum(x - K) over the unit
+    pm2 = np.empty((c, per), dtype=sumsq.dtype)  # sum((x - K - unit mean)^2)
+    count = np.empty(per, dtype=sumsq.dtype)  # values in the unit, the same for every channel
+    segments = (s + seg - 1) // seg
+    for p in range(per):  # p = sample block * segments + segment, as _unit numbers them
+        block, j = p // segments, p % segments
+        count[p] = acc(
+            (min(n, (block + 1) * rows) - block * rows) * (min(s, (j + 1) * seg) - j * seg)
+        )
+    for u in prange(per * c):
+        ch, p, n0, n1, s0, s1 = _unit(u, n, c, s, rows, seg)
+        k = shift[ch]
+        t = _sum_shifted(x[n0, ch, s0:s1], k)
+        for i in range(n0 + 1, n1):
+            t += _sum_shifted(x[i, ch, s0:s1], k)
+        mu = t / count[p]
+        q = _sum_sq_shifted(x[n0, ch, s0:s1], k, mu)  # the unit is in L1 now
+        for i in range(n0 + 1, n1):
+            q += _sum_sq_shifted(x[i, ch, s0:s1], k, mu)
+        psum[ch, p] = t
+        pm2[ch, p] = q
+    m = acc(n * s)
+    for ch in prange(c):
+        t = acc(0)
+        for p in range(per):
+            t += psum[ch, p]
+        mean_d = t / m
+        q = acc(0)
+        for p in range(per):
+            q += _spread(psum[ch, p], pm2[ch, p], count[p], mean_d)
+        centre[ch] = t
+        sumsq[ch] = q
+
+
+@_kernel
+def _bn_stats_columns(x, rows, shift, centre, sumsq):
+    n, c, s = x.shape
+    acc = sumsq.dtype.type
+    xr = x.reshape((n, c * s))
+    for ch in range(c):
+        shift[ch] = x[0, ch, 0]
+    k_col = np.repeat(shift, s)
+    blocks = (n + rows - 1) // rows
+    psum = np.zeros((blocks, c * s), dtype=sumsq.dtype)  # per (block, column): sum(x - K)
+    pm2 = np.zeros((blocks, c * s), dtype=sumsq.dtype)  # sum((x - K - block column mean)^2)
+    for b in prange(blocks):
+        n0, n1 = b * rows, min(n, (b + 1) * rows)
+        for i in range(n0, n1):
+            _add_shifted_columns(xr[i], k_col, psum[b])
+        mu = psum[b] / acc(n1 - n0)
+        for i in range(n0, n1):  # the block is in L2 now
+            _add_sq_shifted_columns(xr[i], k_col, mu, pm2[b])
+    m = acc(n * s)
+    for ch in prange(c):
+        t = acc(0)
+        for b in range(blocks):
+            for j in range(ch * s, (ch + 1) * s):
+                t += psum[b, j]
+        mean_d = t / m
+        q = acc(0)
+        for b in range(blocks):
+            count = acc(min(n, (b + 1) * rows) - b * rows)
+            for j in range(ch * s, (ch + 1) * s):
+                q += _spread(psum[b, j], pm2[b, j], count, mean_d)
+        centre[ch] = t
+        sumsq[ch] = q
+
+
+@_kernel
+def _bn_apply_planes(x, shift, centre, rstd, weight, bias, rows, seg, y):
+    """y = ((x - shift) - centre) * rstd * weight + bias, per channel."""
+    n, c, s = x.shape
+    for u in prange(_per_channel(n, s, rows, seg) * c):
+        ch, _, n0, n1, s0, s1 = _unit(u, n, c, s, rows, seg)
+        k, m, r, w, b = shift[ch], centre[ch], rstd[ch], weight[ch], bias[ch]
+        for i in range(n0, n1):
+            _normalize(x[i, ch, s0:s1], k, m, r, w, b, y[i, ch, s0:s1])
+
+
+@_kernel
+def _bn_apply_columns(x, shift, centre, rstd, weight, bias, rows, y):
+    n, c, s = x.shape
+    xr = x.reshape((n, c * s))
+    yr = y.reshape((n, c * s))
+    k, m, r = np.repeat(shift, s), np.repeat(centre, s), np.repeat(rstd, s)
+    w, b = np.repeat(weight, s), np.repeat(bias, s)
+    for blk in prange((n + rows - 1) // rows):
+        for i in range(blk * rows, min(n, (blk + 1) * rows)):
+            _normalize_columns(xr[i], k, m, r, w, b, yr[i])
+
+
+@_kernel
+def _bn_backward_planes(dy, x, mean, rstd, weight, batch_stats, rows, seg, dx, dweight, dbias):
+    n, c, s = x.shape
+    acc = mean.dtype.type
+    per = _per_channel(n, s, rows, seg)
+    partial = np.empty((3, c, per), dtype=mean.dtype)  # _centred_sums of each unit
+    for u in prange(per * c):
+        ch, p, n0, n1, s0, s1 = _unit(u, n, c, s, rows, seg)
+        sg = sgx = sx = acc(0)
+        for i in range(n0, n1):
+            a, b, d = _centred_sums(dy[i, ch, s0:s1], x[i, ch, s0:s1], mean[ch])
+            sg += a
+            sgx += b
+            sx += d
+            if not batch_stats:  # dx needs no sums: write it while dy is in L1
+                _dx_fixed_stats(dy[i, ch, s0:s1], weight[ch], rstd[ch], dx[i, ch, s0:s1])
+        partial[0, ch, p] = sg
+        partial[1, ch, p] = sgx
+        partial[2, ch, p] = sx
+    total = np.zeros((3, c), dtype=mean.dtype)
+    for ch in prange(c):
+        for t in range(3):
+            for p in range(per):
+                total[t, ch] += partial[t, ch, p]
+    coefficient = np.empty((3, c), dtype=mean.dtype)  # (mean(g), centre, mean(g * x_hat))
+    _bn_backward_finish(n * s, total, rstd, weight, batch_stats, dweight, dbias, coefficient)
+    if batch_stats:
+        for u in prange(per * c):
+            ch, _, n0, n1, s0, s1 = _unit(u, n, c, s, rows, seg)
+            mu, r, w = mean[ch], rstd[ch], weight[ch]
+            mg, cx, mgx = coefficient[0, ch], coefficient[1, ch], coefficient[2, ch]
+            for i in range(n0, n1):
+                _dx_batch_stats(
+                    dy[i, ch, s0:s1], x[i, ch, s0:s1], mu, r, cx, w, mg, mgx, dx[i, ch, s0:s1]
+                )
+
+
+@_kernel
+def _bn_backward_columns(dy, x, mean, rstd, weight, batch_stats, rows, dx, dweight, dbias):
+    n, c, s = x.shape
+    dyr, xr, dxr = dy.reshape((n, c * s)), x.reshape((n, c * s)), dx.reshape((n, c * s))
+    mu, r, w = np.repeat(mean, s), np.repeat(rstd, s), np.repeat(weight, s)
+    blocks = (n + rows - 1) // rows
+    partial = np.zeros((3, blocks, c * s), dtype=mean.dtype)
+    for blk in prange(blocks):
+        sg, sgx, sx = partial[0, blk], partial[1, blk], partial[2, blk]
+        for i in range(blk * rows, min(n, (blk + 1) * rows)):
+            _add_centred_sums_columns(dyr[i], xr[i], mu, sg, sgx, sx)
+            if not batch_stats:
+                _dx_fixed_stats_columns(dyr[i], w, r, dxr[i])
+    total = np.zeros((3, c), dtype=mean.dtype)
+    for ch in prange(c):
+        for t in range(3):
+            for blk in range(blocks):
+                for j in range(ch * s, (ch + 1) * s):
+                    total[t, ch] += partial[t, blk, j]
+    coefficient = np.empty((3, c), dtype=mean.dtype)
+    _bn_backward_finish(n * s, total, rstd, weight, batch_stats, dweight, dbias, coefficient)
+    if batch_stats:
+        mg = np.repeat(coefficient[0], s)
+        cx = np.repeat(coefficient[1], s)
+        mgx = np.repeat(coefficient[2], s)
+        for blk in prange(blocks):
+            for i in range(blk * rows, min(n, (blk + 1) * rows)):
+                _dx_batch_stats_columns(dyr[i], xr[i], mu, r, cx, w, mg, mgx, dxr[i])
+
+
+@njit(cache=True)
+def _bn_backward_finish(m, total, rstd, weight, batch_stats, dweight, dbias, coefficient):
+    """From each channel's sum(dy), sum(dy * (x - mean)), sum(x - mean) over its m values, with
+    x_hat' = (x - mean) * rstd and, for batch statistics, centre = mean(x_hat') (re-centring x_hat
+    cancels the saved mean's rounding): dbias = sum(dy), dweight = sum(dy * (x_hat' - centre)) =
+    sum(dy * x_hat') - centre * sum(dy), and dx's coefficients. The weight is one number per
+    channel, so mean(g) = weight * sum(dy) / m and
+    mean(g * x_hat) = weight * sum(dy * x_hat') / m - centre * mean(g)."""
+    acc = rstd.dtype.type
+    mf = acc(m)
+    for ch in range(rstd.shape[0]):
+        r, w = rstd[ch], weight[ch]
+        sdy = total[0, ch]
+        sdyx = total[1, ch] * r
+        cx = total[2, ch] * r / mf if batch_stats else acc(0)
+        dbias[ch] = sdy
+        dweight[ch] = sdyx - cx * sdy if batch_stats else sdyx
+        mg = w * sdy / mf
+        coefficient[0, ch] = mg
+        coefficient[1, ch] = cx
+        coefficient[2, ch] = w * sdyx / mf - cx * mg
+
+
+# ---- GroupNorm -----------------------------------------------------------------------------------
+# One (sample, group) row of cg * S contiguous values per parallel iteration. Planes of S >= _SHORT
+# values are handled a channel at a time (scalar weight); shorter ones ((N, C) inputs, small
+# feature maps) a row at a time, with each value's weight read from the weight repeated S times
+# (C * S values: they stay in cache) -- a call per channel of a few values would cost more than
+# the values.
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _normalize_weighted(v, k, m, r, w, b, out):
+    """out = ((v - k) - m) * r * w + b, with a weight and a bias per value."""
+    for j in range(v.shape[0]):
+        out[j] = _minus(_minus(v[j], k), m) * r * w[j] + b[j]
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _weighted_centred_sums(dy, x, mu, w):
+    """(sum(g), sum(g * (x - mu)), sum(x - mu)) with g = dy * w, a weight per value; blocked."""
+    acc = x.dtype.type
+    sg = acc(0)
+    sgx = acc(0)
+    sx = acc(0)
+    for b in range(0, x.shape[0], _BLOCK):
+        xb = x[b : b + _BLOCK]
+        dyb = dy[b : b + _BLOCK]
+        wb = w[b : b + _BLOCK]
+        tg = acc(0)
+        tgx = acc(0)
+        tx = acc(0)
+        for j in range(xb.shape[0]):
+            xc = _minus(xb[j], mu)
+            g = dyb[j] * wb[j]
+            tg += g
+            tgx += g * xc
+            tx += xc
+        sg += tg
+        sgx += tgx
+        sx += tx
+    return sg, sgx, sx
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _dx_weighted(dy, x, mu, r, cx, w, mg, mgx, dx):
+    """_dx_batch_stats with a weight per value."""
+    for j in range(x.shape[0]):
+        xh = _minus(x[j], mu) * r - cx
+        dx[j] = r * (dy[j] * w[j] - mg - xh * mgx)
+
+
+@_kernel
+def _gn_forward(x, weight, bias, eps, y, mean, rstd):
+    n, c, s = x.shape
+    groups = mean.shape[1]
+    cg = c // groups
+    size = cg * s
+    acc = mean.dtype.type
+    xr = x.reshape((n * groups, size))
+    yr = y.reshape((n * groups, size))
+    short = s < _SHORT
+    w_values = np.repeat(weight, s if short else 0)  # short planes: a weight per value
+    b_values = np.repeat(bias, s if short else 0)
+    for row in prange(n * groups):
+        i = row // groups
+        g = row % groups
+        xi = xr[row]
+        yi = yr[row]
+        k = xi[0]  # the shift K: x - K is exact for a group with a large offset
+        m = _sum_shifted(xi, k) / acc(size)
+        r = acc(1) / np.sqrt(_sum_sq_shifted(xi, k, m) / acc(size) + acc(eps))
+        mean[i, g] = k + m
+        rstd[i, g] = r
+        if short:
+            values = slice(g * size, (g + 1) * size)
+            _normalize_weighted(xi, k, m, r, w_values[values], b_values[values], yi)
+        else:
+            for j in range(cg):
+                ch = g * cg + j
+                plane = slice(j * s, (j + 1) * s)
+                _normalize(xi[plane], k, m, r, weight[ch], bias[ch], yi[plane])
+
+
+@_kernel
+def _gn_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
+    n, c, s = x.shape
+    groups = mean.shape[1]
+    cg = c // groups
+    size = cg * s
+    acc = mean.dtype.type
+    nf = acc(size)
+    rows = (n * groups, size)
+    dyr, xr, dxr = dy.reshape(rows), x.reshape(rows), dx.reshape(rows)
+    short = s < _SHORT
+    w_values = np.repeat(weight, s if short else 0)
+    pw = np.empty((n, c), dtype=mean.dtype)  # per (sample, channel): sum over S of dy * x_hat
+    pb = np.empty((n, c), dtype=mean.dtype)  # ... and of dy
+    for row in prange(n * groups):
+        i = row // groups
+        g = row % groups
+        mu = mean[i, g]
+        r = rstd[i, g]
+        dyi, xi, dxi = dyr[row], xr[row], dxr[row]
+        # Pass 1: sum(g), sum(g * xc), sum(xc), with xc = x - mean and g = dy * weight[channel].
+        # Long planes: per channel sum(dy), sum(dy * xc) (kept for the parameter gradients) and
+        # sum(xc), with the channel's weight applied to the sums instead of to every value.
+        if short:
+            values = slice(g * size, (g + 1) * size)
+            sg, sgx, sx = _weighted_centred_sums(dyi, xi, mu, w_values[values])
+        else:
+            sg = sgx = sx = acc(0)
+            for ch in range(g * cg, (g + 1) * cg):
+                a, b, d = _centred_sums(dy[i, ch], x[i, ch], mu)
+                pb[i, ch] = a
+                pw[i, ch] = b
+                sg += weight[ch] * a
+                sgx += weight[ch] * b
+                sx += d
+        mg = sg / nf
+        cx = sx * r / nf  # mean(x_hat'): re-centring x_hat cancels the saved mean's rounding
+        mgx = sgx * r / nf - cx * mg  # mean(g * x_hat) for the re-centred x_hat
+        # Pass 2 (the row is in L2): dx, and the parameter gradients' sums per channel:
+        # sum(dy * x_hat), which for long planes is r * sum(dy * xc) - cx * sum(dy)
+        if short:
+            _dx_weighted(dyi, xi, mu, r, cx, w_values[values], mg, mgx, dxi)
+            for j in range(cg):
+                tw = tb = acc(0)
+                for t in range(j * s, (j + 1) * s):
+                    tw += dyi[t] * (_minus(xi[t], mu) * r - cx)
+                    tb += dyi[t]
+                pw[i, g * cg + j] = tw
+                pb[i, g * cg + j] = tb
+        else:
+            for ch in range(g * cg, (g + 1) * cg):
+                _dx_batch_stats(dy[i, ch], x[i, ch], mu, r, cx, weight[ch], mg, mgx, dx[i, ch])
+                pw[i, ch] = pw[i, ch] * r - cx * pb[i, ch]
+    _sum_rows(pw, dweight)
+    _sum_rows(pb, dbias)
+
+
+@njit(cache=True)
+def _sum_rows(partial, out):
+    """out[j] = partial[0, j] + partial[1, j] + ..., always in row order."""
+    out[:] = 0
+    for i in range(partial.shape[0]):
+        for j in range(out.shape[0]):
+            out[j] += partial[i, j]
+
+
+# ---- the contract's entry points -----------------------------------------------------------------
+# eps becomes a Python float, so that a NumPy scalar eps compiles no second specialisation. Inputs
+# pass through np.ascontiguousarray (free when they already are): a strided view would compile
+# another, slower specialisation ('A' layout), which GroupNorm's reshape cannot even type.
+
+
+def _or_fill(param, channels, dtype, value):
+    """`param`, or `value` repeated: an absent weight acts as 1, a bias as 0 (module docstring)."""
+    return np.full(channels, value, dtype) if param is None else np.ascontiguousarray(param)
+
+
+def batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq):
+    """y, mean, rstd, sumsq <- BatchNorm of x (N, C, S) with its batch statistics."""
+    n, c, s = x.shape
+    rows, seg = batch_norm_units(n, c, s)
+    x = np.ascontiguousarray(x)
+    shift, centre = np.empty(c, mean.dtype), np.empty(c, mean.dtype)
+    if seg:
+        _bn_stats_planes(x, rows, seg, shift, centre, sumsq)
+    else:
+        _bn_stats_columns(x, rows, shift, centre, sumsq)
+    _finish_stats(n, s, float(eps), shift, centre, sumsq, mean, rstd)
+    _apply(x, shift, centre, rstd, weight, bias, rows, seg, y)
+
+
+def batch_norm_apply(x, mean, rstd, weight, bias, y):
+    """y <- (x - mean) * rstd * weight + bias with given per-channel mean and rstd (C,)."""
+    n, c, s = x.shape
+    rows, seg = batch_norm_units(n, c, s)
+    mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
+    zero = np.zeros(c, mean.dtype)  # the mean is the shift, nothing more to subtract
+    _apply(np.ascontiguousarray(x), mean, zero, rstd, weight, bias, rows, seg, y)
+
+
+def _apply(x, shift, centre, rstd, weight, bias, rows, seg, y):
+    c, acc = x.shape[1], rstd.dtype
+    weight, bias = _or_fill(weight, c, acc, 1), _or_fill(bias, c, acc, 0)
+    if seg:
+        _bn_apply_planes(x, shift, centre, rstd, weight, bias, rows, seg, y)
+    else:
+        _bn_apply_columns(x, shift, centre, rstd, weight, bias, rows, y)
+
+
+def batch_norm_backward(dy, x, mean, rstd, weight, batch_stats, dx, dweight, dbias):
+    """dx, and dweight / dbias unless None <- BatchNorm's backward; batch_stats: whether mean and
+    rstd are x's batch statistics (training) or fixed running statistics."""
+    n, c, s = x.shape
+    rows, seg = batch_norm_units(n, c, s)
+    acc = mean.dtype
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
+    dweight = np.empty(c, acc) if dweight is None else dweight
+    dbias = np.empty(c, acc) if dbias is None else dbias
+    weight, batch_stats = _or_fill(weight, c, acc, 1), bool(batch_stats)
+    if seg:
+        _bn_backward_planes(dy, x, mean, rstd, weight, batch_stats, rows, seg, dx, dweight, dbias)
+    else:
+        _bn_backward_columns(dy, x, mean, rstd, weight, batch_stats, rows, dx, dweight, dbias)
+
+
+def group_norm_forward(x, weight, bias, eps, y, mean, rstd):
+    """y, mean, rstd (N, G) <- GroupNorm of x (N, C, S) over G = mean.shape[1] groups."""
+    c, acc = x.shape[1], mean.dtype
+    weight, bias = _or_fill(weight, c, acc, 1), _or_fill(bias, c, acc, 0)
+    _gn_forward(np.ascontiguousarray(x), weight, bias, float(eps), y, mean, rstd)
+
+
+def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
+    """dx, and dweight / dbias unless None <- GroupNorm's backward."""
+    c, acc = x.shape[1], mean.dtype
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
+    dweight = np.empty(c, acc) if dweight is None else dweight
+    dbias = np.empty(c, acc) if dbias is None else dbias
+    _gn_backward(dy, x, mean, rstd, _or_fill(weight, c, acc, 1), dx, dweight, dbias)

@@ -195,7 +195,7 @@ def _kernel_outputs(op, x, w, b, dy):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("shape", [(37, 1500), (300, 64), (5, 1023)])
+@pytest.mark.parametrize("shape", [(37, 1500), (300, 1000), (5, 1023)])
 def test_bitwise_identical_with_one_and_two_threads(op, shape):
     x, w, b, dy = make(shape, np.float32, seed=31)
     before = numba.get_num_threads()

@@ -1,0 +1,238 @@
+"""Time weight_norm and weight_standardization (forward, forward+backward) on conv weights, for
+the Numba kernels, PyTorch CPU and the array-API reference, against a memory-bandwidth floor.
+
+    python -m benchmarks.reparam [--quick] [--threads 2] [--json FILE] [--no-torch]
+
+The weights are float32 conv weights (out_channels, in_channels, 3, 3): one row per output
+channel, the statistics over the fan-in (in_channels * 9). The method is benchmarks/run.py's, whose
+helpers this module imports: the floor is a streaming Numba kernel moving the op's minimum traffic
+(forward: read the weight, write w; backward: read dw and the weight, write the gradient), timed
+interleaved with the Numba calls, and every ratio is a ratio of medians from the same rounds; each
+runtime's calls are grouped after a pause, so that one runtime's spinning OpenMP threads do not
+steal the cores from the other.
+
+Rows per cell: "numba" is the public call (normref.weight_norm_forward(..., backend="numba")),
+which allocates its outputs; "numba kernel" calls the kernel with preallocated outputs, so the gap
+between the two is the allocation (page faults on a fresh array). PyTorch: `torch._weight_norm`
+(what nn.utils.parametrizations.weight_norm calls), and weight standardization as the authors'
+code writes it (joe-siyuan-qiao/WeightStandardization, README: torch.std_mean over the fan-in,
+(w - mean) / (std + 1e-5)); backward through autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/reparam.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+import normref
+from benchmarks.run import Row, _stream1, _stream2, _time_rounds
+
+SHAPES = [(1024, 512, 3, 3), (256, 128, 3, 3)]  # fan-in 4608 and 1152
+OPS = ("weight_norm", "weight_standardization")
+PASSES = ("fwd", "fwd+bwd")
+EPS = 1e-5
+
+
+def _inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(shape, dtype=np.float32)
+    dw = rng.standard_normal(shape, dtype=np.float32)
+    g = (1 + 0.1 * rng.standard_normal((shape[0],) + (1,) * (len(shape) - 1))).astype(np.float32)
+    return v, dw, g
+
+
+def _normref_fn(op, pass_, v, dw, g, backend):
+    """The public API call for one cell of the table."""
+    if op == "weight_norm":
+        fwd = lambda: normref.weight_norm_forward(g, v, backend=backend)  # noqa: E731
+        bwd = normref.weight_norm_backward
+    else:
+        fwd = lambda: normref.weight_standardization_forward(v, eps=EPS, backend=backend)  # noqa: E731
+        bwd = normref.weight_standardization_backward
+    if pass_ == "fwd":
+        return fwd
+    return lambda: bwd(dw, fwd()[-1], backend=backend)
+
+
+def _kernel_fn(op, pass_, v, dw, g):
+    """The Numba kernels themselves on preallocated (rows, n) buffers: no allocation timed."""
+    from normref.kernels.numba import reparam as kernels
+
+    rows = v.shape[0]
+    v2, dw2 = v.reshape(rows, -1), dw.reshape(rows, -1)
+    out, grad = np.empty_like(v2), np.empty_like(v2)
+    a, b, c = (np.empty(rows, np.float32) for _ in range(3))
+    g1 = g.reshape(rows)
+    if op == "weight_norm":
+
+        def fwd():
+            kernels.weight_norm_forward(v2, g1, out, a)
+
+        def bwd():
+            kernels.weight_norm_backward(dw2, v2, g1, a, grad, b)
+    else:
+
+        def fwd():
+            kernels.weight_standardization_forward(v2, EPS, out, a, c)
+
+        def bwd():
+            kernels.weight_standardization_backward(dw2, v2, a, c, EPS, grad)
+
+    if pass_ == "fwd":
+        return fwd
+    return lambda: (fwd(), bwd())
+
+
+def _torch_fn(torch, op, pass_, v, dw, g):
+    tv, tdw, tg = torch.from_numpy(v), torch.from_numpy(dw), torch.from_numpy(g)
+    dims = list(range(1, v.ndim))
+
+    def call(vv, gg):
+        if op == "weight_norm":
+            return torch._weight_norm(vv, gg, 0)
+        std, mean = torch.std_mean(vv, dim=dims, keepdim=True)  # the authors' code
+        return (vv - mean) / (std + EPS)
+
+    if pass_ == "fwd":
+
+        def fwd():
+            with torch.no_grad():
+                call(tv, tg)
+
+        return fwd
+    gv = tv.clone().requires_grad_(True)
+    gg = tg.clone().requires_grad_(op == "weight_norm")
+
+    def fwd_bwd():
+        call(gv, gg).backward(tdw)
+        gv.grad = gg.grad = None
+
+    return fwd_bwd
+
+
+def _bytes(op, pass_, rows, n, itemsize=4):
+    """The op's minimum memory traffic: weight in, w out (and dw, weight in, gradient out), plus the
+    per-channel vectors: g in, norm out (g, norm in, dg out), or mean, std out (mean, std in)."""
+    arrays, vectors = 2, 2
+    if pass_ == "fwd+bwd":
+        arrays += 3
+        vectors += 3 if op == "weight_norm" else 2
+    return itemsize * (arrays * rows * n + vectors * rows)
+
+
+def _floor(pass_, v2, dw2, fy, fdx):
+    """(streaming kernel, bytes it moves): the op's minimum traffic at memory speed."""
+    if pass_ == "fwd":
+        return (lambda: _stream1(v2, fy)), 2 * v2.nbytes
+    return (lambda: (_stream1(v2, fy), _stream2(dw2, v2, fdx))), 5 * v2.nbytes
+
+
+def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
+    import numba
+
+    numba.set_num_threads(threads)
+    torch = None
+    if with_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    results = []
+    for shape in shapes:
+        v, dw, g = _inputs(shape)
+        rows, n = shape[0], v.size // shape[0]
+        v2, dw2 = v.reshape(rows, n), dw.reshape(rows, n)
+        fy, fdx = np.empty_like(v2), np.empty_like(v2)
+        for op in ops:
+            for pass_ in PASSES:
+                floor_fn, floor_bytes = _floor(pass_, v2, dw2, fy, fdx)
+                numba_fns = {
+                    "floor": floor_fn,
+                    "numba": _normref_fn(op, pass_, v, dw, g, "numba"),
+                    "numba kernel": _kernel_fn(op, pass_, v, dw, g),
+                }
+                groups = [(numba_fns, rounds)]
+                if torch is not None:
+                    groups.append(({"torch": _torch_fn(torch, op, pass_, v, dw, g)}, rounds))
+                ref = _normref_fn(op, pass_, v, dw, g, "reference")
+                groups.append(({"reference": ref}, reference_rounds))
+                times = _time_rounds(groups, rounds)
+                floor_gbps = floor_bytes / times.pop("floor") / 1e9
+                nbytes = _bytes(op, pass_, rows, n)
+                for impl, t in times.items():
+                    gbps = nbytes / t / 1e9
+                    vs = times["torch"] / t if "torch" in times else None
+                    results.append(
+                        Row(op, (rows, n), pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs)
+                    )
+    return results
+
+
+def print_table(results, threads):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"normref weight reparameterizations, float32 conv weights, {threads} threads",
+        caption="shape: out_channels x fan-in. GB/s: the op's minimum traffic / median time. "
+        "floor: a streaming Numba kernel moving the same bytes, timed interleaved in this run. "
+        "vs torch: PyTorch time / this time.",
+    )
+    for col in ("op", "shape", "pass", "impl", "median", "GB/s", "of floor", "vs torch"):
+        justify = "left" if col in ("op", "pass", "impl") else "right"
+        table.add_column(col, justify=justify, no_wrap=True)
+    previous = None
+    for r in results:
+        key = (r.op, r.shape, r.pass_)
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        ms = r.median_s * 1e3
+        table.add_row(
+            r.op,
+            f"{r.shape[0]}x{r.shape[1]}",
+            r.pass_,
+            r.impl,
+            f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
+            f"{r.gbps:.1f}",
+            f"{100 * r.floor_fraction:.0f}%",
+            "" if r.vs_torch is None else f"{r.vs_torch:.2f}x",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
+        console = Console(width=130)
+    console.print(table)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.reparam", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
+    parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    args = parser.parse_args(argv)
+    rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
+    results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
+    print_table(results, args.threads)
+    if args.json:
+        rows = [{**asdict(r), "pass": r.pass_} for r in results]
+        for row in rows:
+            del row["pass_"]
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

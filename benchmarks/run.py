@@ -1,0 +1,278 @@
+"""Time LayerNorm and RMSNorm (forward, forward+backward) for every backend against PyTorch and
+against a memory-bandwidth floor, in one run.
+
+    python -m benchmarks [--quick] [--threads 2] [--json FILE]
+
+Why it is built this way:
+
+- The floor is a trivial parallel streaming Numba kernel that moves the same bytes as the op's
+  minimum traffic (forward: read x, write y; backward: read dy and x, write dx). Absolute bandwidth
+  drifts by 1.6x on a shared machine, so the floor is timed *interleaved* with the Numba ops (floor,
+  op, floor, op, ...) and every ratio is a ratio of medians from the same rounds.
+- PyTorch and Numba each keep an OpenMP thread pool whose idle threads spin for milliseconds after a
+  parallel region; switching straight from one runtime to the other lets the spinning pool steal the
+  cores. Each round therefore visits the runtimes one group at a time, each group after a short
+  pause (the other runtime's threads go to sleep) and an untimed warm call.
+- Small shapes are timed as batches of calls, so that a sample lasts about a millisecond.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from numba import njit, prange
+
+import normref
+
+SHAPES = [(8192, 1024), (2048, 4096), (512, 16384), (64, 768)]
+OPS = ("layer_norm", "rms_norm")
+PASSES = ("fwd", "fwd+bwd")
+SETTLE_S = 0.03  # longer than libgomp's default spin before idle threads sleep
+
+
+@njit(parallel=True)
+def _stream1(x, y):
+    """y = 2x: reads one array, writes one."""
+    for i in prange(x.shape[0]):
+        xi, yi = x[i], y[i]
+        for j in range(x.shape[1]):
+            yi[j] = xi[j] * 2
+
+
+@njit(parallel=True)
+def _stream2(x, z, y):
+    """y = 2x + z: reads two arrays, writes one."""
+    for i in prange(x.shape[0]):
+        xi, zi, yi = x[i], z[i], y[i]
+        for j in range(x.shape[1]):
+            yi[j] = xi[j] * 2 + zi[j]
+
+
+@dataclass
+class Row:
+    op: str
+    shape: tuple[int, int]
+    pass_: str
+    impl: str
+    median_s: float
+    gbps: float
+    floor_gbps: float
+    floor_fraction: float
+    vs_torch: float | None
+
+
+def _sample(fn, calls):
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def _calls_per_sample(fn):
+    """How many calls make a sample of about a millisecond."""
+    fn()
+    return max(1, int(1e-3 / max(_sample(fn, 1), 1e-7)))
+
+
+def _time_rounds(groups, rounds):
+    """Median seconds per call of every fn. `groups`: [(fns, rounds_wanted)], one group per
+    runtime; each round visits every group (fns round-robin inside it) after a pause and an untimed
+    warm call, so every group sees the same drift of the machine."""
+    calls = {name: _calls_per_sample(fn) for fns, _ in groups for name, fn in fns.items()}
+    samples = {name: [] for name in calls}
+    for i in range(rounds):
+        for fns, wanted in groups:
+            if i >= wanted:
+                continue
+            time.sleep(SETTLE_S)
+            next(iter(fns.values()))()
+            for name, fn in fns.items():
+                samples[name].append(_sample(fn, calls[name]))
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def _inputs(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    rows, n = shape
+    x = rng.standard_normal(shape, dtype=np.float32)
+    dy = rng.standard_normal(shape, dtype=np.float32)
+    w = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(n)).astype(np.float32)
+    return x, dy, w, b
+
+
+def _normref_fns(op, pass_, x, dy, w, b, backend, out):
+    """The public API call for one cell of the table; out=True passes preallocated buffers."""
+    y = np.empty_like(x) if out else None
+    dx = np.empty_like(x) if out else None
+    if op == "layer_norm":
+        fwd = normref.layer_norm_forward
+        bwd = normref.layer_norm_backward
+        args = (x, w, b)
+        kw = {"eps": 1e-5}
+    else:
+        fwd = normref.rms_norm_forward
+        bwd = normref.rms_norm_backward
+        args = (x, w)
+        kw = {"eps": 1e-6}
+    if pass_ == "fwd":
+        return lambda: fwd(*args, **kw, out=y, backend=backend)
+
+    def fwd_bwd():
+        saved = fwd(*args, **kw, out=y, backend=backend)[1]
+        bwd(dy, saved, out=dx, backend=backend)
+
+    return fwd_bwd
+
+
+def _torch_fn(torch, op, pass_, x, dy, w, b):
+    F = torch.nn.functional
+    n = x.shape[1]
+    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
+    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
+
+    def call(xx, ww, bb):
+        if op == "layer_norm":
+            return F.layer_norm(xx, (n,), ww, bb, 1e-5)
+        return F.rms_norm(xx, (n,), ww, 1e-6)
+
+    if pass_ == "fwd":
+
+        def fwd():
+            with torch.no_grad():
+                call(tx, tw, tb)
+
+        return fwd
+    gx = tx.clone().requires_grad_(True)
+    gw = tw.clone().requires_grad_(True)
+    gb = tb.clone().requires_grad_(True)
+
+    def fwd_bwd():
+        call(gx, gw, gb).backward(tdy)
+        gx.grad = gw.grad = gb.grad = None
+
+    return fwd_bwd
+
+
+def _bytes(op, pass_, shape, itemsize=4):
+    """The op's minimum memory traffic: every input read once, every output written once."""
+    rows, n = shape
+    params = 2 if op == "layer_norm" else 1
+    arrays, vectors = 2, params  # forward: x in, y out; weight (and bias) in
+    if pass_ == "fwd+bwd":
+        arrays += 3  # backward: dy and x in, dx out
+        vectors += 1 + params  # weight in; dweight (and dbias) out
+    return itemsize * (arrays * rows * n + vectors * n)
+
+
+def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
+    import numba
+
+    numba.set_num_threads(threads)
+    torch = None
+    if with_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    results = []
+    for shape in shapes:
+        x, dy, w, b = _inputs(shape)
+        fy, fdx = np.empty_like(x), np.empty_like(x)
+        for op in ops:
+            for pass_ in PASSES:
+                if pass_ == "fwd":
+                    floor_fn, floor_bytes = (lambda: _stream1(x, fy)), 2 * x.nbytes
+                else:
+                    floor_fn = lambda: (_stream1(x, fy), _stream2(dy, x, fdx))  # noqa: E731
+                    floor_bytes = 5 * x.nbytes
+                numba_fns = {
+                    "floor": floor_fn,
+                    "numba (out=)": _normref_fns(op, pass_, x, dy, w, b, "numba", out=True),
+                }
+                if op == "layer_norm":
+                    numba_fns["numba"] = _normref_fns(op, pass_, x, dy, w, b, "numba", out=False)
+                groups = [(numba_fns, rounds)]
+                if torch is not None:
+                    groups.append(({"torch": _torch_fn(torch, op, pass_, x, dy, w, b)}, rounds))
+                ref = _normref_fns(op, pass_, x, dy, w, b, "reference", out=False)
+                groups.append(({"reference": ref}, reference_rounds))
+                times = _time_rounds(groups, rounds)
+                floor_gbps = floor_bytes / times.pop("floor") / 1e9
+                nbytes = _bytes(op, pass_, shape)
+                for impl, t in times.items():
+                    gbps = nbytes / t / 1e9
+                    vs = times["torch"] / t if "torch" in times else None
+                    results.append(
+                        Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs)
+                    )
+    return results
+
+
+def print_table(results, threads):
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"normref norms, float32, {threads} threads (Numba and PyTorch)",
+        caption="GB/s: the op's minimum traffic / median time. floor: a streaming Numba kernel "
+        "moving the same bytes, timed interleaved in this run. vs torch: PyTorch time / this time.",
+    )
+    for col in ("op", "shape", "pass", "impl", "median", "GB/s", "of floor", "vs torch"):
+        justify = "left" if col in ("op", "pass", "impl") else "right"
+        table.add_column(col, justify=justify, no_wrap=True)
+    previous = None
+    for r in results:
+        key = (r.op, r.shape, r.pass_)
+        if previous is not None and key != previous:
+            table.add_section()
+        previous = key
+        ms = r.median_s * 1e3
+        table.add_row(
+            r.op,
+            f"{r.shape[0]}x{r.shape[1]}",
+            r.pass_,
+            r.impl,
+            f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
+            f"{r.gbps:.1f}",
+            f"{100 * r.floor_fraction:.0f}%",
+            "" if r.vs_torch is None else f"{r.vs_torch:.2f}x",
+        )
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
+        console = Console(width=120)
+    console.print(table)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
+    parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    args = parser.parse_args(argv)
+    rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
+    results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
+    print_table(results, args.threads)
+    if args.json:
+        rows = [{**asdict(r), "pass": r.pass_} for r in results]
+        for row in rows:
+            del row["pass_"]
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,7 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/c
 import numpy as np
 
 import normref
-from benchmarks.run import PASSES, _stream1, _stream2, _time_rounds
+from benchmarks.run import PASSES, _stream1, _stream2, _time_groups
 
 SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28)]
 OPS = ("batch_norm", "group_norm")
@@ -155,7 +155,7 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
                     groups.append(({"torch": _torch_fn(torch, op, pass_, x, dy, w, b)}, rounds))
                 ref = _normref_fn(op, pass_, x, dy, w, b, "reference", out=False)
                 groups.append(({"reference": ref}, reference_rounds))
-                times = _time_rounds(groups, rounds)
+                times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
                 nbytes = _bytes(pass_, shape)
                 floor_gbps = nbytes / times.pop("floor") / 1e9
                 for impl, t in times.items():

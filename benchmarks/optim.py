@@ -7,7 +7,7 @@ The step's minimum traffic is 7 arrays of 4 bytes per element: read p, g, m, v; 
 (in place, nothing else). The floor is a trivial parallel Numba kernel moving exactly those bytes
 (`_stream_adamw`), timed interleaved with normref in the same rounds, so that both see the same
 drift of a shared machine (benchmarks/run.py explains the interleaving and the pauses between
-the Numba and the PyTorch thread pools; its `_time_rounds` does the timing here too).
+the Numba and the PyTorch thread pools; its `_time_groups` does the timing here too).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 import normref.optim as optim
-from benchmarks.run import _time_rounds
+from benchmarks.run import _time_groups
 
 ARRAYS = 7  # read p, g, m, v; write p, m, v
 LR, WEIGHT_DECAY = 1e-3, 1e-2  # torch.optim.AdamW's defaults, and normref's adamw's
@@ -86,7 +86,7 @@ def bench(n, threads, rounds, reference_rounds, with_torch=True):
             torch_fns = {name: _torch_step(torch, p, g, **kw) for name, kw in variants.items()}
             groups.append((torch_fns, rounds))
     groups.append(({"normref reference": _normref_step(p, g, "reference")}, reference_rounds))
-    times = _time_rounds(groups, rounds)
+    times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
     nbytes = ARRAYS * 4 * n
     floor = times.pop("floor")
     rows = [{"impl": "floor (streaming)", "median_s": floor, "gbps": nbytes / floor / 1e9}]

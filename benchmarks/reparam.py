@@ -33,7 +33,7 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/r
 import numpy as np
 
 import normref
-from benchmarks.run import Row, _stream1, _stream2, _time_rounds
+from benchmarks.run import Row, _stream1, _stream2, _time_groups
 
 SHAPES = [(1024, 512, 3, 3), (256, 128, 3, 3)]  # fan-in 4608 and 1152
 OPS = ("weight_norm", "weight_standardization")
@@ -166,7 +166,7 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
                     groups.append(({"torch": _torch_fn(torch, op, pass_, v, dw, g)}, rounds))
                 ref = _normref_fn(op, pass_, v, dw, g, "reference")
                 groups.append(({"reference": ref}, reference_rounds))
-                times = _time_rounds(groups, rounds)
+                times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
                 floor_gbps = floor_bytes / times.pop("floor") / 1e9
                 nbytes = _bytes(op, pass_, rows, n)
                 for impl, t in times.items():

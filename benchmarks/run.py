@@ -7,12 +7,13 @@ Why it is built this way:
 
 - The floor is a trivial parallel streaming Numba kernel that moves the same bytes as the op's
   minimum traffic (forward: read x, write y; backward: read dy and x, write dx). Absolute bandwidth
-  drifts by 1.6x on a shared machine, so the floor is timed *interleaved* with the Numba ops (floor,
-  op, floor, op, ...) and every ratio is a ratio of medians from the same rounds.
-- PyTorch and Numba each keep an OpenMP thread pool whose idle threads spin for milliseconds after a
-  parallel region; switching straight from one runtime to the other lets the spinning pool steal the
-  cores. Each round therefore visits the runtimes one group at a time, each group after a short
-  pause (the other runtime's threads go to sleep) and an untimed warm call.
+  drifts by 1.6x on a shared machine, so the floor is timed *interleaved* with the Numba op (floor,
+  op, floor, op, ...), and the floor fraction is a ratio of medians from the same rounds.
+- Implementations that allocate their outputs (PyTorch, Numba without out=, the reference) are
+  timed in groups of their own, the groups taking turns: their fresh pages evict everyone's data
+  from the caches. Groups follow each other with no pause: switching between Numba's and PyTorch's
+  thread pools cost nothing here, while a pause of tens of ms lets the VM park its CPUs and made
+  the next calls up to 8x slower.
 - Small shapes are timed as batches of calls, so that a sample lasts about a millisecond.
 """
 
@@ -37,7 +38,6 @@ import normref
 SHAPES = [(8192, 1024), (2048, 4096), (512, 16384), (64, 768)]
 OPS = ("layer_norm", "rms_norm")
 PASSES = ("fwd", "fwd+bwd")
-SETTLE_S = 0.03  # longer than libgomp's default spin before idle threads sleep
 
 
 @njit(parallel=True)
@@ -84,20 +84,22 @@ def _calls_per_sample(fn):
     return max(1, int(1e-3 / max(_sample(fn, 1), 1e-7)))
 
 
-def _time_rounds(groups, rounds):
-    """Median seconds per call of every fn. `groups`: [(fns, rounds_wanted)], one group per
-    runtime; each round visits every group (fns round-robin inside it) after a pause and an untimed
-    warm call, so every group sees the same drift of the machine."""
-    calls = {name: _calls_per_sample(fn) for fns, _ in groups for name, fn in fns.items()}
+def _time_groups(groups, rounds, blocks=3):
+    """Median seconds per call of every fn. `groups`: [(fns, rounds wanted, warm)]. Within a group
+    the fns are sampled round-robin (floor, op, floor, op, ...); the groups take turns in `blocks`
+    blocks so that slow drift of the machine reaches all of them, each turn starting with an
+    untimed call of every fn when `warm` (the previous group left other data in the caches)."""
+    calls = {name: _calls_per_sample(fn) for fns, _, _ in groups for name, fn in fns.items()}
     samples = {name: [] for name in calls}
-    for i in range(rounds):
-        for fns, wanted in groups:
-            if i >= wanted:
-                continue
-            time.sleep(SETTLE_S)
-            next(iter(fns.values()))()
-            for name, fn in fns.items():
-                samples[name].append(_sample(fn, calls[name]))
+    for block in range(blocks):
+        for fns, wanted, warm in groups:
+            turns = wanted // blocks + (block < wanted % blocks)
+            if warm and turns:
+                for fn in fns.values():
+                    fn()
+            for _ in range(turns):
+                for name, fn in fns.items():
+                    samples[name].append(_sample(fn, calls[name]))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
@@ -164,6 +166,14 @@ def _torch_fn(torch, op, pass_, x, dy, w, b):
     return fwd_bwd
 
 
+def _floor(pass_, x, dy):
+    """The bandwidth floor for a pass: (a call that streams its bytes, how many bytes)."""
+    y, dx = np.empty_like(x), np.empty_like(x)
+    if pass_ == "fwd":
+        return (lambda: _stream1(x, y)), 2 * x.nbytes
+    return (lambda: (_stream1(x, y), _stream2(dy, x, dx))), 5 * x.nbytes
+
+
 def _bytes(op, pass_, shape, itemsize=4):
     """The op's minimum memory traffic: every input read once, every output written once."""
     rows, n = shape
@@ -190,26 +200,23 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
     results = []
     for shape in shapes:
         x, dy, w, b = _inputs(shape)
-        fy, fdx = np.empty_like(x), np.empty_like(x)
         for op in ops:
             for pass_ in PASSES:
-                if pass_ == "fwd":
-                    floor_fn, floor_bytes = (lambda: _stream1(x, fy)), 2 * x.nbytes
-                else:
-                    floor_fn = lambda: (_stream1(x, fy), _stream2(dy, x, fdx))  # noqa: E731
-                    floor_bytes = 5 * x.nbytes
-                numba_fns = {
-                    "floor": floor_fn,
-                    "numba (out=)": _normref_fns(op, pass_, x, dy, w, b, "numba", out=True),
-                }
+                floor_fn, floor_bytes = _floor(pass_, x, dy)
+                fast = _normref_fns(op, pass_, x, dy, w, b, "numba", out=True)
+                # The floor alternates with the allocation-free op only: an op that allocates its
+                # outputs (32 MiB of fresh pages per call) evicts the others' data from the caches
+                # and slowed the floor sampled after it by 1.6x. Those run in groups of their own.
+                groups = [({"floor": floor_fn, "numba (out=)": fast}, rounds, True)]
                 if op == "layer_norm":
-                    numba_fns["numba"] = _normref_fns(op, pass_, x, dy, w, b, "numba", out=False)
-                groups = [(numba_fns, rounds)]
+                    numba = _normref_fns(op, pass_, x, dy, w, b, "numba", out=False)
+                    groups.append(({"numba": numba}, rounds, True))
                 if torch is not None:
-                    groups.append(({"torch": _torch_fn(torch, op, pass_, x, dy, w, b)}, rounds))
-                ref = _normref_fns(op, pass_, x, dy, w, b, "reference", out=False)
-                groups.append(({"reference": ref}, reference_rounds))
-                times = _time_rounds(groups, rounds)
+                    peer = _torch_fn(torch, op, pass_, x, dy, w, b)
+                    groups.append(({"torch": peer}, rounds, True))
+                reference = _normref_fns(op, pass_, x, dy, w, b, "reference", out=False)
+                groups.append(({"reference": reference}, reference_rounds, False))
+                times = _time_groups(groups, rounds)
                 floor_gbps = floor_bytes / times.pop("floor") / 1e9
                 nbytes = _bytes(op, pass_, shape)
                 for impl, t in times.items():
@@ -257,7 +264,7 @@ def print_table(results, threads):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(".")[0])
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")

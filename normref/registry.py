@@ -205,7 +205,8 @@ OPS: dict[str, OpInfo] = {
             Case(
                 {"x": (4, 16), "weight": (16,), "bias": (16,)}, draw={"x": (0.0, 3e-3)}
             ),  # var ~ eps
-            Case({"x": (4, 64), "weight": (64,), "bias": (64,)}, draw={"x": (100.0, 1.0)}),  # offset
+            # an offset row: float32 one-pass variance fails here
+            Case({"x": (4, 64), "weight": (64,), "bias": (64,)}, draw={"x": (100.0, 1.0)}),
         ),
     ),
     "rms_norm": OpInfo(

@@ -297,7 +297,8 @@ def test_backends():
     opt.update_(params, [np.ones(2)], state, backend="reference")
     opt.update_(params, [np.ones(2)], state, backend="auto")
     snapshot = _snapshot(params, state)
-    with pytest.raises(TypeError, match="adam: backend='numba' takes float32, float16, bfloat16, got float64"):
+    refused = "adam: backend='numba' takes float32, float16, bfloat16, got float64"
+    with pytest.raises(TypeError, match=refused):
         opt.update_(params, [np.ones(2)], state, backend="numba")
     with pytest.raises(ValueError, match="unknown backend"):
         opt.update_(params, [np.ones(2)], state, backend="tpu")

@@ -8,12 +8,12 @@ How the kernels are built, and why:
 
 - Parallel only across rows (``prange``); each row is reduced by one thread, in an order fixed at
   compile time, so results do not depend on the number of threads.
-- ``fastmath={'reassoc'}`` and nothing else: LLVM will not vectorize a float reduction unless it may
-  reassociate it (without it LayerNorm runs at ~20% of memory bandwidth), while leaving out ``nnan``,
-  ``ninf`` and ``contract`` keeps NaN/Inf handling IEEE and forbids fused multiply-adds.
-- Row sums are blocked: partial sums of ``_BLOCK`` elements are added into the row total, which keeps
-  float32 rounding error small on long rows (10^6 elements). Blocks are slices so that every inner
-  loop starts at 0, which LLVM vectorizes; ``range(b, b + _BLOCK)`` over the row was 2.5x slower.
+- ``fastmath={'reassoc'}`` and nothing else: LLVM will not vectorize a float reduction unless it
+  may reassociate it (without it LayerNorm runs at ~20% of memory bandwidth), while leaving out
+  ``nnan``, ``ninf`` and ``contract`` keeps NaN/Inf handling IEEE and forbids fused multiply-adds.
+- Row sums are blocked: partial sums of ``_BLOCK`` elements are added into the row total, which
+  keeps float32 rounding error small on long rows (10^6 elements). Blocks are slices so that every
+  inner loop starts at 0, which LLVM vectorizes; ``range(b, b + _BLOCK)`` was 2.5x slower.
 - The large-offset shift ``x - K`` goes through ``_minus``, compiled without fastmath: under
   ``reassoc`` LLVM could rewrite ``(x - K) - mean_d`` as ``x - (K + mean_d)`` and round away exactly
   what the shift keeps.
@@ -23,12 +23,11 @@ How the kernels are built, and why:
   traffic overlaps the arithmetic: 0.6 -> 0.9 of the bandwidth floor on (8192, 1024). They are hints
   only and never change a result.
 - Parameter gradients (dweight, dbias) are summed over a fixed number of row chunks
-  (``_chunks(rows)``, independent of the thread count), each accumulated in row order within one
+  (``_chunks(rows, n)``, independent of the thread count), each accumulated in row order within one
   thread, and the chunk partials are added in chunk order: deterministic for any thread count. The
-  partials live in a per-thread scratch buffer kept between calls: allocating them anew cost ~0.5 ms
-  of page faults per call at n = 16384.
-- ``weight``/``bias``/``dweight``/``dbias`` may be None: Numba compiles a separate specialisation with
-  the ``is None`` branches pruned, so inner loops carry no branch.
+  partials live in a per-thread scratch buffer kept between calls (see _partials, _scratch).
+- ``weight``/``bias``/``dweight``/``dbias`` may be None: Numba compiles a separate specialisation
+  with the ``is None`` branches pruned, so inner loops carry no branch.
 """
 
 from __future__ import annotations
@@ -48,6 +47,7 @@ _BLOCK = 256  # elements per partial sum in a row reduction, and per batch of pr
 _MAX_CHUNKS = 16  # row chunks for the parameter-gradient sums (fixed: determinism) ...
 _CHUNK_ELEMENTS = 16384  # ... each of at least this many elements, when there are enough
 _LINE = 64  # bytes per cache line
+_SKEW = 64  # elements added between blocks of partial sums (see _partials)
 
 
 def _kernel(fn):
@@ -63,12 +63,16 @@ def _make_prefetch(write):
         def codegen(context, builder, sig, args):
             aryty = sig.args[0]
             ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+            ptr = cgutils.get_item_pointer(
+                context, builder, aryty, ary, [args[1]], wraparound=False
+            )
+            i8p = ir.IntType(8).as_pointer()
             i32 = ir.IntType(32)
-            fnty = ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # The i8* form: native before LLVM 15's opaque pointers, auto-upgraded after.
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
             # (address, rw, locality 3 = keep in all cache levels, cache type 1 = data)
-            builder.call(fn, [ptr, i32(int(write)), i32(3), i32(1)])
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(write)), i32(3), i32(1)])
             return context.get_dummy_value()
 
         return types.void(row, j), codegen
@@ -89,8 +93,13 @@ def _minus(a, b):
 def _chunks(rows, n):
     """How many row chunks the backward splits the rows into: a function of the shape only, never
     of the thread count. Small problems get fewer chunks: each costs a partial row of n to zero and
-    sum, which at (64, 768) took as long as the rows themselves."""
-    return max(1, min(rows, _MAX_CHUNKS, rows * n // _CHUNK_ELEMENTS))
+    sum, which at (64, 768) took as long as the rows themselves. A power of two, so that the chunks
+    share out evenly over the usual thread counts."""
+    most = max(1, min(rows, _MAX_CHUNKS, rows * n // _CHUNK_ELEMENTS))
+    chunks = 1
+    while chunks * 2 <= most:
+        chunks *= 2
+    return chunks
 
 
 @njit(cache=True)
@@ -102,6 +111,20 @@ def _prefetch_block(row, b, n, write):
             _prefetch_w(row, p)
         else:
             _prefetch(row, p)
+
+
+@njit(cache=True)
+def _partials(scratch, k, chunks, n):
+    """The k-th block of per-chunk partial sums in `scratch` (see _scratch), shaped
+    (chunks, stride): chunk c sums into [c, :n]. Each chunk's row starts on a cache line of its
+    own, so that threads on neighbouring chunks never write to one line (that false sharing made
+    the 2-thread backward at (64, 768) no faster than 1 thread); blocks are _SKEW elements more
+    than a multiple of the row size apart, else loads of one wait on stores to the other (4K
+    aliasing)."""
+    line = _LINE // scratch.itemsize
+    stride = (n + line - 1) // line * line
+    start = k * (chunks * stride + _SKEW)
+    return scratch[start : start + chunks * stride].reshape((chunks, stride))
 
 
 @njit(cache=True)
@@ -119,7 +142,9 @@ def _sum_chunks(partial, out):
 def _ln_forward(x, weight, bias, eps, y, mean, rstd):
     acc = mean.dtype.type
     rows, n = x.shape
-    if n == 0:  # nothing to normalize (and no x[0] to shift by)
+    if n == 0:  # no x[0] to shift by; the statistics of nothing are NaN, as mean([]) is
+        mean[:] = np.nan
+        rstd[:] = np.nan
         return
     nf = acc(n)
     eps_ = acc(eps)
@@ -171,12 +196,11 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch):
     rows, n = x.shape
     nf = acc(n)
     chunks = _chunks(rows, n)
-    # Per-chunk partial sums of dweight and dbias, in the caller's scratch buffer.
-    pw = scratch[: chunks * n].reshape((chunks, n))
-    pb = scratch[chunks * n : 2 * chunks * n].reshape((chunks, n))
+    pw = _partials(scratch, 0, chunks, n)  # per-chunk partial sums of dweight
+    pb = _partials(scratch, 1, chunks, n)  # ... and of dbias
     for c in prange(chunks):
-        pwc = pw[c]
-        pbc = pb[c]
+        pwc = pw[c, :n]
+        pbc = pb[c, :n]
         if dweight is not None:
             pwc[:] = 0
         if dbias is not None:
@@ -215,9 +239,11 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch):
                 sgx += tgx
                 sx += tx
                 _prefetch_block(x_next, b, n, False)
+            # mean(g), mean(x_hat'), and mean(g * x_hat) for the re-centred x_hat = x_hat' - mx
+            # (re-centring cancels the rounding of the saved mean on large-offset rows).
             mg = sg / nf
-            mx = sx * r / nf  # mean(x_hat'): re-centring x_hat cancels the rounding of the saved mean
-            mgx = sgx * r / nf - mx * mg  # mean(g * x_hat) for the re-centred x_hat
+            mx = sx * r / nf
+            mgx = sgx * r / nf - mx * mg
             for b in range(0, n, _BLOCK):
                 xb = xi[b : b + _BLOCK]
                 dyb = dyi[b : b + _BLOCK]
@@ -286,9 +312,9 @@ def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch):
     rows, n = x.shape
     nf = acc(n)
     chunks = _chunks(rows, n)
-    pw = scratch[: chunks * n].reshape((chunks, n))
+    pw = _partials(scratch, 0, chunks, n)  # per-chunk partial sums of dweight
     for c in prange(chunks):
-        pwc = pw[c]
+        pwc = pw[c, :n]
         if dweight is not None:
             pwc[:] = 0
         last = (c + 1) * rows // chunks - 1
@@ -341,11 +367,16 @@ _local = threading.local()
 
 
 def _scratch(rows, n, dtype, arrays):
-    """A flat buffer for `arrays` x (chunks, n) partial sums, kept per thread and per dtype."""
-    size = arrays * max(1, min(rows, _MAX_CHUNKS)) * n  # >= arrays * _chunks(rows, n) * n
+    """A 64-byte aligned buffer for `arrays` blocks of _partials, kept per thread and per dtype
+    (allocating it per call cost ~0.5 ms of page faults at n = 16384)."""
+    line = _LINE // dtype.itemsize
+    stride = -(-n // line) * line
+    size = arrays * (max(1, min(rows, _MAX_CHUNKS)) * stride + _SKEW)  # >= what _partials uses
     buf = getattr(_local, dtype.char, None)
     if buf is None or buf.shape[0] < size:
-        buf = np.empty(max(size, 1), dtype=dtype)
+        raw = np.empty(size + line, dtype=dtype)
+        skip = (-raw.ctypes.data % _LINE) // dtype.itemsize
+        buf = raw[skip : skip + size]
         setattr(_local, dtype.char, buf)
     return buf
 

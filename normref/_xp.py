@@ -22,6 +22,7 @@ __all__ = [
     "is_cupy",
     "dtype_name",
     "as_rows",
+    "reshape",
     "param_vector",
     "rows_buffer",
     "deliver",
@@ -44,14 +45,31 @@ def is_cupy(x: Any) -> bool:
     return type(x).__module__.startswith("cupy")
 
 
+# Keyed by (type, dtype) so that dtypes of different libraries are never compared with each other.
+_DTYPE_NAMES: dict[tuple[type, Any], str] = {}
+
+
 def dtype_name(dtype: Any) -> str:
-    """'float32', 'float16', 'bfloat16', ... for a dtype of any array library."""
-    return str(dtype).rpartition(".")[2]
+    """'float32', 'float16', 'bfloat16', ... for a dtype of any array library (memoized: str() of a
+    NumPy dtype costs microseconds, which matters on every call of a small op)."""
+    key = (type(dtype), dtype)
+    name = _DTYPE_NAMES.get(key)
+    if name is None:
+        name = _DTYPE_NAMES[key] = str(dtype).rpartition(".")[2]
+    return name
 
 
 def accumulation_dtype(xp: Any, dtype: Any) -> Any:
     """The dtype statistics are computed in: float64 for float64, float32 for narrower ones."""
     return xp.float64 if dtype == xp.float64 else xp.float32
+
+
+def reshape(xp: Any, x: Any, shape: tuple[int, ...]) -> Any:
+    """xp.reshape, through the array's own method for NumPy and CuPy: np.reshape's function
+    wrapper costs about a microsecond a call, several times per call of a small op."""
+    if is_numpy(x) or is_cupy(x):
+        return x.reshape(shape)
+    return xp.reshape(x, shape)
 
 
 def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
@@ -60,7 +78,7 @@ def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
     Only for NumPy and CuPy arrays (the kernel backends), which carry `flags` and a module-level
     `ascontiguousarray` (a strided view such as x[..., ::2] reshapes to another strided view).
     """
-    x2 = xp.reshape(x, (rows, n))
+    x2 = reshape(xp, x, (rows, n))
     if not x2.flags.c_contiguous:
         x2 = sys.modules[type(x2).__module__.partition(".")[0]].ascontiguousarray(x2)
     return x2
@@ -70,21 +88,23 @@ def param_vector(xp: Any, param: Any, acc: Any) -> Any:
     """A parameter (weight, bias) as the contiguous 1-D accumulation-dtype array kernels take."""
     if param is None:
         return None
-    return as_rows(xp, xp.astype(param, acc, copy=False), 1, math.prod(param.shape))[0]
+    if param.dtype != acc:
+        param = xp.astype(param, acc)
+    return as_rows(xp, param, 1, math.prod(param.shape))[0]
 
 
 def rows_buffer(xp: Any, out: Any, rows: int, n: int, dtype: Any) -> Any:
     """Where a kernel writes a (rows, n) result: the caller's `out` itself when it is C-contiguous
     (the whole point of `out=` is to skip the allocation), else a new array."""
     if out is not None and out.flags.c_contiguous:
-        return xp.reshape(out, (rows, n))
+        return reshape(xp, out, (rows, n))
     return xp.empty((rows, n), dtype=dtype)
 
 
 def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
     """`result` reshaped to `shape`; when the caller gave `out`, written into it (a kernel that
     wrote into `out` directly through `rows_buffer` costs no copy here)."""
-    result = xp.reshape(result, shape)
+    result = reshape(xp, result, shape)
     if out is None:
         return result
     if not _same_memory(result, out):
@@ -93,8 +113,12 @@ def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _same_memory(a: Any, b: Any) -> bool:
-    if is_numpy(a) and is_numpy(b):
-        return a.ctypes.data == b.ctypes.data and a.strides == b.strides
-    if is_cupy(a) and is_cupy(b):
-        return a.data.ptr == b.data.ptr and a.strides == b.strides
-    return False
+    """Whether `a` is a view of all of `b` (what `rows_buffer` makes of a C-contiguous `out`)."""
+    if not (is_numpy(b) or is_cupy(b)) or not b.flags.c_contiguous:
+        return False
+    owner = b if b.base is None else b.base
+    return a.base is owner and a.size == b.size and _data(a) == _data(b)
+
+
+def _data(a: Any) -> int:
+    return a.__array_interface__["data"][0] if is_numpy(a) else a.data.ptr

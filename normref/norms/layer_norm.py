@@ -100,8 +100,8 @@ def layer_norm_forward(
     stats_shape = batch + (1,) * k
     saved = LayerNormSaved(
         x,
-        xp.reshape(mean, stats_shape),
-        xp.reshape(rstd, stats_shape),
+        _xp.reshape(xp, mean, stats_shape),
+        _xp.reshape(xp, rstd, stats_shape),
         weight,
         None if bias is None else bias.dtype,
         k,
@@ -146,8 +146,8 @@ def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
         kernels.layer_norm_backward(
             _xp.as_rows(xp, dy, rows, n),
             _xp.as_rows(xp, x, rows, n),
-            xp.reshape(saved.mean, (rows,)),
-            xp.reshape(saved.rstd, (rows,)),
+            _xp.reshape(xp, saved.mean, (rows,)),
+            _xp.reshape(xp, saved.rstd, (rows,)),
             _xp.param_vector(xp, weight, acc),
             dx,
             dweight,

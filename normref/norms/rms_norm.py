@@ -77,7 +77,7 @@ def rms_norm_forward(x, weight=None, *, normalized_shape=None, eps=None, out=Non
             _xp.as_rows(xp, x, rows, n), _xp.param_vector(xp, weight, acc), eps, y, rstd
         )
     y = _xp.deliver(xp, y, out, tuple(x.shape))
-    return y, RMSNormSaved(x, xp.reshape(rstd, batch + (1,) * k), weight, k)
+    return y, RMSNormSaved(x, _xp.reshape(xp, rstd, batch + (1,) * k), weight, k)
 
 
 def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
@@ -113,7 +113,7 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
         kernels.rms_norm_backward(
             _xp.as_rows(xp, dy, rows, n),
             _xp.as_rows(xp, x, rows, n),
-            xp.reshape(saved.rstd, (rows,)),
+            _xp.reshape(xp, saved.rstd, (rows,)),
             _xp.param_vector(xp, weight, acc),
             dx,
             dweight,

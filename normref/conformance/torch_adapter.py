@@ -184,7 +184,15 @@ def _optimizer(cls: type) -> Callable[..., Any]:
         def step(grads: list[np.ndarray]) -> list[np.ndarray]:
             for t, g in zip(tensors, grads):
                 t.grad = torch.tensor(g)
-            optimizer.step()
+            # Some optimizer state lives in torch's default dtype (NAdam's mu_product); a float64
+            # user runs with a float64 default, so the float64 cases do too.
+            previous = torch.get_default_dtype()
+            if tensors and tensors[0].dtype == torch.float64:
+                torch.set_default_dtype(torch.float64)
+            try:
+                optimizer.step()
+            finally:
+                torch.set_default_dtype(previous)
             return [t.detach().numpy() for t in tensors]
 
         return step

@@ -26,7 +26,7 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/c
 import numpy as np
 
 import normref
-from benchmarks.run import PASSES, _stream1, _stream2, _time_groups
+from benchmarks.run import CAPTION, PASSES, _stream1, _stream2, _time_groups, print_table
 
 SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28)]
 OPS = ("batch_norm", "group_norm")
@@ -167,42 +167,6 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
     return results
 
 
-def print_table(results, threads):
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"normref channel norms, float32 NCHW, {threads} threads (Numba and PyTorch)",
-        caption="batch_norm: training, running statistics updated; group_norm: 32 groups. "
-        "GB/s: the op's minimum traffic / median time. floor: a streaming Numba kernel moving the "
-        "same bytes, timed interleaved in this run. vs torch: PyTorch time / this time.",
-    )
-    for col in ("op", "shape", "pass", "impl", "median", "GB/s", "of floor", "vs torch"):
-        justify = "left" if col in ("op", "pass", "impl") else "right"
-        table.add_column(col, justify=justify, no_wrap=True)
-    previous = None
-    for r in results:
-        key = (r.op, r.shape, r.pass_)
-        if previous is not None and key != previous:
-            table.add_section()
-        previous = key
-        ms = r.median_s * 1e3
-        table.add_row(
-            r.op,
-            "x".join(map(str, r.shape)),
-            r.pass_,
-            r.impl,
-            f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
-            f"{r.gbps:.1f}",
-            f"{100 * r.floor_fraction:.0f}%",
-            "" if r.vs_torch is None else f"{r.vs_torch:.2f}x",
-        )
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-        console = Console(width=120)
-    console.print(table)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.channel_norms", description=__doc__.split("\n")[0]
@@ -215,7 +179,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
     results = bench(SHAPES, args.ops, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(results, args.threads)
+    print_table(
+        results,
+        f"normref channel norms, float32 NCHW, {args.threads} threads (Numba and PyTorch)",
+        "batch_norm: training, running statistics updated; group_norm: 32 groups. " + CAPTION,
+    )
     if args.json:
         rows = [{**asdict(r), "pass": r.pass_} for r in results]
         for row in rows:

@@ -33,7 +33,7 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/r
 import numpy as np
 
 import normref
-from benchmarks.run import Row, _stream1, _stream2, _time_groups
+from benchmarks.run import CAPTION, Row, _stream1, _stream2, _time_groups, print_table
 
 SHAPES = [(1024, 512, 3, 3), (256, 128, 3, 3)]  # fan-in 4608 and 1152
 OPS = ("weight_norm", "weight_standardization")
@@ -178,42 +178,6 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
     return results
 
 
-def print_table(results, threads):
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title=f"normref weight reparameterizations, float32 conv weights, {threads} threads",
-        caption="shape: out_channels x fan-in. GB/s: the op's minimum traffic / median time. "
-        "floor: a streaming Numba kernel moving the same bytes, timed interleaved in this run. "
-        "vs torch: PyTorch time / this time.",
-    )
-    for col in ("op", "shape", "pass", "impl", "median", "GB/s", "of floor", "vs torch"):
-        justify = "left" if col in ("op", "pass", "impl") else "right"
-        table.add_column(col, justify=justify, no_wrap=True)
-    previous = None
-    for r in results:
-        key = (r.op, r.shape, r.pass_)
-        if previous is not None and key != previous:
-            table.add_section()
-        previous = key
-        ms = r.median_s * 1e3
-        table.add_row(
-            r.op,
-            f"{r.shape[0]}x{r.shape[1]}",
-            r.pass_,
-            r.impl,
-            f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
-            f"{r.gbps:.1f}",
-            f"{100 * r.floor_fraction:.0f}%",
-            "" if r.vs_torch is None else f"{r.vs_torch:.2f}x",
-        )
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-        console = Console(width=130)
-    console.print(table)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.reparam", description=__doc__.split("\n")[0]
@@ -225,7 +189,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
     results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(results, args.threads)
+    print_table(
+        results,
+        f"normref weight reparameterizations, float32 conv weights, {args.threads} threads",
+        "shape: out_channels x fan-in. " + CAPTION,
+    )
     if args.json:
         rows = [{**asdict(r), "pass": r.pass_} for r in results]
         for row in rows:

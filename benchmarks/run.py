@@ -228,15 +228,18 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
     return results
 
 
-def print_table(results, threads):
+CAPTION = (
+    "GB/s: the op's minimum traffic / median time. floor: a streaming Numba kernel moving the "
+    "same bytes, timed interleaved in this run. vs torch: PyTorch time / this time."
+)
+
+
+def print_table(results, title, caption=CAPTION):
+    """One rich table of benchmark rows (any family's), a section per (op, shape, pass)."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(
-        title=f"normref norms, float32, {threads} threads (Numba and PyTorch)",
-        caption="GB/s: the op's minimum traffic / median time. floor: a streaming Numba kernel "
-        "moving the same bytes, timed interleaved in this run. vs torch: PyTorch time / this time.",
-    )
+    table = Table(title=title, caption=caption)
     for col in ("op", "shape", "pass", "impl", "median", "GB/s", "of floor", "vs torch"):
         justify = "left" if col in ("op", "pass", "impl") else "right"
         table.add_column(col, justify=justify, no_wrap=True)
@@ -249,7 +252,7 @@ def print_table(results, threads):
         ms = r.median_s * 1e3
         table.add_row(
             r.op,
-            f"{r.shape[0]}x{r.shape[1]}",
+            "x".join(map(str, r.shape)),
             r.pass_,
             r.impl,
             f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
@@ -259,7 +262,7 @@ def print_table(results, threads):
         )
     console = Console()
     if not console.is_terminal:  # piped or redirected: do not squeeze the table into 80 columns
-        console = Console(width=120)
+        console = Console(width=130)
     console.print(table)
 
 
@@ -272,7 +275,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
     results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(results, args.threads)
+    print_table(results, f"normref norms, float32, {args.threads} threads (Numba and PyTorch)")
     if args.json:
         rows = [{**asdict(r), "pass": r.pass_} for r in results]
         for row in rows:

@@ -1,6 +1,7 @@
 """The `normref` command.
 
-    normref verify [TARGET] [-v] [--ops PATTERN] [--skip PATTERN] [--dtype DTYPE] [--json FILE]
+    normref verify [TARGET] [-v] [--strict] [--ops PATTERN] [--skip PATTERN] [--dtype DTYPE]
+                   [--json FILE]
         check an implementation against every golden case (and optimizer trajectory) it provides;
         TARGET: normref (default: this install's fast backends), torch, jax, package.module,
         package.module:attribute, or path/to/adapter.py (normref/conformance/adapter.py)
@@ -9,8 +10,10 @@
     normref golden export DIR
         write every case as plain .npy files with a JSON manifest (specs/golden-format.md)
 
-Exit status: 0 when everything the target provides passed, 1 on any failure, 2 for a usage error
-(an unknown option, a target that cannot be imported or is no adapter, a pattern matching nothing).
+Exit status: 0 when everything the target provides passed (PRECISION rows, where float64 passes
+and only lower precisions are off by rounding, pass unless --strict), 1 on any failure, 2 for a
+usage error (an unknown option, a target that cannot be imported or is no adapter, a pattern
+matching nothing).
 Heavy imports (rich, the runner, torch, the generator) happen inside the command that needs them,
 so `--help` stays instant.
 """
@@ -41,6 +44,11 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         "package.module[:attribute] or path/to/adapter.py",
     )
     verify.add_argument("-v", "--verbose", action="store_true", help="one row per case as well")
+    verify.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail PRECISION rows too (float64 passes, a lower precision is off by rounding)",
+    )
     verify.add_argument(
         "--ops",
         action="append",
@@ -188,6 +196,7 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 notes=target.notes,
                 target=target.label,
                 trajectories=target.optimizers,
+                strict=args.strict,
                 progress=progress,
             )
     except GoldenError as e:

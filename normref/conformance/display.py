@@ -14,11 +14,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from normref.conformance.runner import FAIL, NOT_PROVIDED, PASS, Report
+from normref.conformance.runner import FAIL, NOT_PROVIDED, PASS, PRECISION, Report
 
 __all__ = ["console", "print_report", "progress_bar"]
 
-_STYLE = {PASS: "green", FAIL: "bold red", "UNAVAILABLE": "yellow", NOT_PROVIDED: "dim"}
+_STYLE = {
+    PASS: "green",
+    PRECISION: "yellow",
+    FAIL: "bold red",
+    "UNAVAILABLE": "yellow",
+    NOT_PROVIDED: "dim",
+}
 
 
 def console(stderr: bool = False) -> Console:
@@ -114,12 +120,25 @@ def print_report(report: Report, *, verbose: bool, out: Console | None = None) -
             continue
         for message in row.messages:
             out.print(f"{row.verdict} {row.op} [{row.backend}]: {message}", markup=False)
-    failed = [f"{r.op} [{r.backend}]" for r in report.rows if r.verdict not in (PASS, NOT_PROVIDED)]
+    failed = [
+        f"{r.op} [{r.backend}]"
+        for r in report.rows
+        if r.verdict not in report.passing + (NOT_PROVIDED,)
+    ]
+    rounded = [r.op for r in report.rows if r.verdict == PRECISION]
     absent = [r.op for r in report.rows if r.verdict == NOT_PROVIDED]
     total = sum(r.cases for r in report.rows)
     if absent:
         out.print(f"not provided by the target: {', '.join(absent)}", markup=False)
-    if report.ok:
+    if rounded:
+        out.print(
+            f"[yellow]precision only[/] (float64 passes, lower precisions round differently; "
+            f"{'failures under' if report.strict else 'passing without'} --strict): "
+            f"{escape(', '.join(rounded))}"
+        )
+    if report.ok and rounded:
+        out.print(f"[green]passed:[/] {total} case runs, with the precision differences above")
+    elif report.ok:
         out.print(f"[green]all {total} case runs passed[/]")
     elif not any(r.cases for r in report.rows):
         out.print("[bold red]no golden case ran[/]")

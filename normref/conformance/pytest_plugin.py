@@ -8,8 +8,10 @@ install, load it with `-p normref.conformance.pytest_plugin`. TARGET takes what 
 takes (normref/conformance/adapter.py): `package.module`, `package.module:attribute`, a path to a
 `.py` file, `torch` or `jax`. A failing test prints what differs and the diagnosis (which
 convention variant, if any, the case matches); a case the adapter does not provide is skipped, and
-an op it lacks is one skipped test. Without the option the plugin adds nothing and imports nothing
-heavier than pytest itself.
+an op it lacks is one skipped test. Each case is judged on its own, as `normref verify --strict`
+judges it: a float16 case off by rounding fails here even where verify's row says PRECISION
+(select dtypes with -k, e.g. `-k "not float16"`). Without the option the plugin adds nothing and
+imports nothing heavier than pytest itself.
 """
 
 from __future__ import annotations

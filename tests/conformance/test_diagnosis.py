@@ -10,7 +10,19 @@ import pytest
 
 from normref.conformance.adapter import _from_adapter
 from normref.conformance.diagnosis import diagnose
-from normref.conformance.runner import FAIL, NOT_GIVEN, PASS, CaseResult, Outcome, judge, verify
+from normref.conformance.runner import (
+    FAIL,
+    NOT_GIVEN,
+    PASS,
+    PRECISION,
+    CaseResult,
+    Outcome,
+    Report,
+    _diagnose_rows,
+    _rows,
+    judge,
+    verify,
+)
 from normref.golden import load_index
 
 
@@ -91,21 +103,54 @@ def _result(case, arrays, outputs, grads):
     )  # fmt: skip
 
 
+def _rms_norm_results(float16_error=None, float64_error=None):
+    """rms_norm case 0 in every dtype, exact except for the first output element of the float16
+    and float64 cases, moved by the given function of that element."""
+    results = []
+    for case in (c for c in load_index() if c.op == "rms_norm" and c.index == 0):
+        arrays = case.arrays()
+        y = arrays["output.y"].astype(case.dtype)
+        change = {"float16": float16_error, "float64": float64_error}.get(case.dtype)
+        if change is not None:
+            y.flat[0] = change(y.flat[0])
+        grads = {n: arrays[f"grad.{n}"].astype(case.dtype) for n in case.grads}
+        results.append(_result(case, arrays, [y], grads))
+    return results
+
+
+def _report(results, strict=False):
+    rows = _rows(results)
+    _diagnose_rows(rows, results)
+    return Report("test", rows, results, [], strict=strict)
+
+
+def _ulps(k):
+    return lambda v: v + k * np.spacing(v)
+
+
 def test_precision_only_differences_are_called_precision():
     """float64 exact, float16 off by a few ulps: the same formula, rounded differently."""
-    cases = [c for c in load_index() if c.op == "rms_norm" and c.index == 0]
-    results = []
-    for case in cases:
-        arrays = case.arrays()
-        y = arrays["output.y"]
-        if case.dtype == "float16":  # 8 float16 ulps off at the first element
-            y = y.copy()
-            y.flat[0] += 8 * np.spacing(np.float16(y.flat[0]))
-        grads = {n: arrays[f"grad.{n}"].astype(case.dtype) for n in case.grads}
-        results.append(_result(case, arrays, [y.astype(case.dtype)], grads))
+    results = _rms_norm_results(float16_error=_ulps(8))
     found = diagnose(results)
     assert found.matches == []
     assert "float64 passes, so the formula agrees; float16 is off" in found.summary
+    (row,) = _report(results).rows
+    assert row.verdict == PRECISION and row.worst > 1
+    assert _report(results).ok and not _report(results, strict=True).ok
+
+
+@pytest.mark.parametrize(
+    "errors",
+    [
+        {"float16_error": lambda v: np.float16("nan")},  # a NaN is no rounding
+        {"float16_error": _ulps(8), "float64_error": lambda v: v * (1 + 1e-9)},  # float64 fails
+    ],
+    ids=["float16-nan", "float64-fails"],
+)
+def test_a_precision_row_needs_float64_passing_and_finite_errors(errors):
+    report = _report(_rms_norm_results(**errors))
+    (row,) = report.rows
+    assert row.verdict == FAIL and not report.ok
 
 
 def test_a_dtype_problem_does_not_hide_the_convention():

@@ -31,10 +31,13 @@ __all__ = [
 
 
 def floating(op: str, name: str, x: Any, xp: Any) -> None:
-    """`x` must be an array of a real floating-point dtype."""
+    """`x` must be an array of a real floating-point dtype (NumPy's bfloat16 included)."""
     dtype = getattr(x, "dtype", None)
     if type(x) is np.ndarray:  # the common case, without isdtype's microseconds
-        ok = dtype.kind == "f"
+        # ml_dtypes' bfloat16 (JAX's NumPy bfloat16) is an extension dtype of kind "V" that
+        # np.isdtype refuses; it is known by its name, so normref need not import ml_dtypes.
+        # Like float16 it is computed in float32 (_xp.accumulation_dtype) and rounded once.
+        ok = dtype.kind == "f" or dtype.name == "bfloat16"
     else:
         ok = dtype is not None and xp.isdtype(dtype, "real floating")
     if not ok:

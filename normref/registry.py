@@ -608,11 +608,13 @@ OPS: dict[str, OpInfo] = {
         hyperparams={},
         outputs=("w",),
         spec="specs/weight_compander.md",
-        # a and b absent (= 1): the generic draw can make them negative, and the compander needs
-        # a, b > 0. Learnable a, b are checked against finite differences in the tests.
+        # The compander needs a, b > 0, which the generic draw does not keep: the cases either
+        # leave them out (= 1) or draw them near 1 (std 0.1: ten deviations from 0). The last case
+        # is the paper's learnable variant, one a and one b per layer, so da, db are golden too.
         cases=(
             Case({"v": (4, 5), "a": None, "b": None}),
             Case({"v": (3, 2, 3, 3), "a": None, "b": None}),
+            Case({"v": (3, 4), "a": (), "b": ()}, draw={"a": (1.0, 0.1), "b": (1.0, 0.1)}),
         ),
     ),
     "binary_connect": OpInfo(
@@ -758,9 +760,8 @@ def _variants_of(module: Any, factory_variant: Callable[..., Any]) -> tuple[Opti
 _WARMUP_DEFAULTS = {"initial": 0.0, "final": 0.0}
 _ONE_CYCLE_SHAPE = {"pct_start": 0.3, "anneal": "cos", "three_phase": False}
 
-# The fused in-place updates (Optimizer.update_): `<kernel>_update_` per optimizer stem. The
-# bfloat16 entries (ml_dtypes' dtype) are in the kernels and their tests, ready for when the
-# array checks accept such arrays; float64 stays on the reference.
+# The fused in-place updates (Optimizer.update_): `<kernel>_update_` per optimizer stem. bfloat16
+# is ml_dtypes' dtype (JAX's), with float32 state as for float16; float64 stays on the reference.
 _OPTIM_KERNELS = {
     "numba": Kernels("normref.kernels.numba.optim", ("float32", "float16", "bfloat16")),
     "cuda": Kernels("normref.kernels.cuda.optim_launch", ("float32", "float16", "bfloat16")),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.base import Hyper, Optimizer, Schedule, register_state
+from normref.optim.base import Hyper, Optimizer, Schedule, l2_gradient, register_state
 
 __all__ = ["AdadeltaState", "adadelta"]
 
@@ -82,10 +82,7 @@ class Adadelta(Optimizer):
 
     def _math(self, xp, p, g, slots, k):
         v, u = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         v = v * k.rho + k.one_minus_rho * g * g
         std = xp.sqrt(v + k.eps)
         # PyTorch: delta = sqrt(u + eps); delta /= std; delta *= g (the old u: RMS[dx]_{t-1})

@@ -20,8 +20,11 @@ from normref.optim.base import (
     Hyper,
     Optimizer,
     Params,
+    PeerVariant,
     Schedule,
     flatten,
+    l2_gradient,
+    peer_variant,
     rebuild,
     register_state,
 )
@@ -102,10 +105,7 @@ class Adagrad(Optimizer):
 
     def _math(self, xp, p, g, slots, k):
         (s,) = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         s = s + g * g
         std = xp.sqrt(s) + k.eps  # eps outside the root
         return p + (-k.clr) * g / std, (s,)
@@ -149,22 +149,10 @@ VARIANTS = {
 }
 
 
-class _AdagradVariant(Adagrad):
-    """Adagrad under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _AdagradVariant(PeerVariant, Adagrad):
     def _math(self, xp, p, g, slots, k):
         (s,) = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         s = s + g * g
         # eps_in_sqrt: Keras' lr * g / sqrt(s + eps); optax's g * rsqrt(s + eps) (0 where s = 0)
         return p - (k.clr * g) / xp.sqrt(s + k.eps), (s,)
@@ -173,15 +161,4 @@ class _AdagradVariant(Adagrad):
 def adagrad_variant(variant: str, **hyperparams: Any) -> Adagrad:
     """An optimizer computing Adagrad under a peer's convention `variant` (one of VARIANTS), with
     adagrad's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"adagrad: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = adagrad(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _AdagradVariant(
-        variant,
-        h["lr"],
-        h["lr_decay"],
-        h["weight_decay"],
-        h["initial_accumulator_value"],
-        h["eps"],
-        h["maximize"],
-    )
+    return peer_variant("adagrad", variant, VARIANTS, adagrad, hyperparams, _AdagradVariant)

@@ -19,7 +19,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
+from normref.optim.base import (
+    Hyper,
+    Optimizer,
+    PeerVariant,
+    Schedule,
+    betas_of,
+    peer_variant,
+    register_state,
+)
 
 __all__ = ["AdamState", "adam", "adamw", "adam_variant", "VARIANTS"]
 
@@ -58,6 +66,35 @@ def _lerp(start: Any, end: Any, weight: float) -> Any:
     return end - (end - start) * (1 - weight)
 
 
+def _adam_hyperparameters(
+    opt: Optimizer, lr: Any, betas: Any, eps: Any, weight_decay: Any
+) -> dict[str, Any]:
+    """Check the hyperparameters every Adam-like optimizer shares and keep them on `opt`: lr and
+    weight_decay (numbers >= 0 or schedules), betas (decay rates in [0, 1) or schedules), eps > 0
+    (it keeps a denominator off 0). Returns them as given, the start of `opt.hyperparams`."""
+    op = opt.name
+    opt.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
+    opt.b1, opt.b2 = betas_of(op, betas)
+    opt.eps = _checks.positive(op, "eps", eps)
+    opt.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
+    return dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def _adam_moments(p: Any, g: Any, mu: Any, nu: Any, k: Any) -> tuple[Any, Any, Any, Any]:
+    """(p, g, mu, nu) after the steps Adam, NAdam and RAdam share, in PyTorch's order: the sign,
+    the weight decay (decoupled: p shrinks; L2: g grows) and the two moments."""
+    if k.maximize:
+        g = -g
+    if k.weight_decay != 0:
+        if k.decoupled:
+            p = p * k.decay
+        else:
+            g = g + k.weight_decay * p
+    mu = _lerp(mu, g, k.one_minus_b1)
+    nu = nu * k.b2 + k.one_minus_b2 * g * g
+    return p, g, mu, nu
+
+
 class Adam(Optimizer):
     kernel = "adam"
     state_type = AdamState
@@ -74,23 +111,11 @@ class Adam(Optimizer):
         decoupled: bool,
     ) -> None:
         self.name = name
-        self.lr = Hyper.of(name, "lr", lr, _checks.nonnegative)
-        self.b1, self.b2 = betas_of(name, betas)
-        self.eps = _checks.positive(name, "eps", eps)
-        self.weight_decay = Hyper.of(name, "weight_decay", weight_decay, _checks.nonnegative)
+        given = _adam_hyperparameters(self, lr, betas, eps, weight_decay)
         self.amsgrad = _checks.flag(name, "amsgrad", amsgrad)
         self.maximize = _checks.flag(name, "maximize", maximize)
         self.decoupled = decoupled
-        super().__init__(
-            dict(
-                lr=lr,
-                betas=tuple(betas),
-                eps=eps,
-                weight_decay=weight_decay,
-                amsgrad=amsgrad,
-                maximize=maximize,
-            )
-        )
+        super().__init__(given | dict(amsgrad=amsgrad, maximize=maximize))
 
     def _slots(self) -> tuple[bool, ...]:
         return (True, True, self.amsgrad)
@@ -121,15 +146,7 @@ class Adam(Optimizer):
 
     def _math(self, xp, p, g, slots, k):
         mu, nu, nu_max = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            if k.decoupled:
-                p = p * k.decay
-            else:
-                g = g + k.weight_decay * p
-        mu = _lerp(mu, g, k.one_minus_b1)
-        nu = nu * k.b2 + k.one_minus_b2 * g * g
+        p, g, mu, nu = _adam_moments(p, g, mu, nu, k)
         if nu_max is not None:
             nu_max = xp.maximum(nu_max, nu)
         denom = xp.sqrt(nu if nu_max is None else nu_max) / k.bc2_sqrt + k.eps
@@ -204,16 +221,7 @@ VARIANTS = {
 }
 
 
-class _AdamVariant(Adam):
-    """Adam under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _AdamVariant(PeerVariant, Adam):
     def _math(self, xp, p, g, slots, k):
         mu, nu, nu_max = slots
         variant = self.variant
@@ -254,18 +262,14 @@ class _AdamVariant(Adam):
 def adam_variant(variant: str, *, decoupled: bool = False, **hyperparams: Any) -> Adam:
     """An optimizer computing Adam (decoupled=False) or AdamW (decoupled=True) under a peer's
     convention `variant` (one of VARIANTS), with the same hyperparameters and contract."""
-    if variant not in VARIANTS:
-        raise ValueError(f"adam: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    reference = (adamw if decoupled else adam)(**hyperparams)  # checks, fills the defaults
-    h = reference.hyperparams
-    return _AdamVariant(
+    factory = adamw if decoupled else adam
+    return peer_variant(
+        "adam",
         variant,
-        reference.name,
-        h["lr"],
-        h["betas"],
-        h["eps"],
-        h["weight_decay"],
-        h["amsgrad"],
-        h["maximize"],
+        VARIANTS,
+        factory,
+        hyperparams,
+        _AdamVariant,
+        factory.__name__,
         decoupled=decoupled,
     )

@@ -18,8 +18,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.adam import _lerp
-from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
+from normref.optim.adam import _adam_hyperparameters, _lerp
+from normref.optim.base import (
+    Optimizer,
+    PeerVariant,
+    Schedule,
+    l2_gradient,
+    peer_variant,
+    register_state,
+)
 
 __all__ = ["AdamaxState", "adamax", "adamax_variant", "VARIANTS"]
 
@@ -58,15 +65,10 @@ class Adamax(Optimizer):
         maximize: bool,
     ) -> None:
         op = self.name
-        self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        self.b1, self.b2 = betas_of(op, betas)
         # eps > 0: with eps = 0 a parameter whose gradients were all zero divides 0 by u = 0
-        self.eps = _checks.positive(op, "eps", eps)
-        self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
+        given = _adam_hyperparameters(self, lr, betas, eps, weight_decay)
         self.maximize = _checks.flag(op, "maximize", maximize)
-        super().__init__(
-            dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
-        )
+        super().__init__(given | dict(maximize=maximize))
 
     def _slots(self) -> tuple[bool, ...]:
         return (True, True)
@@ -88,10 +90,7 @@ class Adamax(Optimizer):
 
     def _math(self, xp, p, g, slots, k):
         mu, u = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         mu = _lerp(mu, g, k.one_minus_b1)
         # eps inside the max (PyTorch, optax): u >= eps, so the division below is always safe
         u = xp.maximum(u * k.b2, xp.abs(g) + k.eps)
@@ -136,22 +135,10 @@ VARIANTS = {
 }
 
 
-class _AdamaxVariant(Adamax):
-    """Adamax under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _AdamaxVariant(PeerVariant, Adamax):
     def _math(self, xp, p, g, slots, k):
         mu, u = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         mu = _lerp(mu, g, k.one_minus_b1)
         # keras_eps_outside_max (keras/src/optimizers/adamax.py::update_step)
         u = xp.maximum(u * k.b2, xp.abs(g))
@@ -161,7 +148,4 @@ class _AdamaxVariant(Adamax):
 def adamax_variant(variant: str, **hyperparams: Any) -> Adamax:
     """An optimizer computing Adamax under a peer's convention `variant` (one of VARIANTS), with
     adamax's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"adamax: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = adamax(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _AdamaxVariant(variant, h["lr"], h["betas"], h["eps"], h["weight_decay"], h["maximize"])
+    return peer_variant("adamax", variant, VARIANTS, adamax, hyperparams, _AdamaxVariant)

@@ -53,6 +53,9 @@ __all__ = [
     "params_and_grads",
     "params_only",
     "betas_of",
+    "l2_gradient",
+    "PeerVariant",
+    "peer_variant",
 ]
 
 Params = dict[str, Any] | list[Any] | tuple[Any, ...]
@@ -197,6 +200,16 @@ def betas_of(op: str, betas: Any) -> tuple[Hyper, Hyper]:
         Hyper.of(op, "betas[0]", betas[0], _checks.decay_rate),
         Hyper.of(op, "betas[1]", betas[1], _checks.decay_rate),
     )
+
+
+def l2_gradient(p: Any, g: Any, k: Any) -> Any:
+    """g with PyTorch's maximize and L2 weight decay applied, in its order: g = -g, then
+    g = g + weight_decay * p (`k`: the step's coefficients, with `maximize` and `weight_decay`)."""
+    if k.maximize:
+        g = -g
+    if k.weight_decay != 0:
+        g = g + k.weight_decay * p
+    return g
 
 
 def _step_of(op: str, state: Any) -> int:
@@ -421,6 +434,37 @@ class Optimizer:
                     )
             slots.append(arrays)
         return checked, slots, step
+
+
+class PeerVariant:
+    """Mixin put before an optimizer class: that optimizer under one named convention of a peer
+    (`variant`), for the conformance diagnosis; its `_math` is written for clarity, not speed."""
+
+    kernel = None  # never a fused kernel: those compute the reference formula only
+
+    def __init__(self, variant: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+        self.hyperparams["variant"] = variant
+
+
+def peer_variant(
+    op: str,
+    variant: str,
+    known: Any,
+    factory: Callable[..., Optimizer],
+    hyperparams: dict,
+    cls: type,
+    *args: Any,
+    **kwargs: Any,
+) -> Any:
+    """`cls(variant, *args, **h, **kwargs)`, h the hyperparameters `factory(**hyperparams)` keeps
+    (the factory checks them and supplies the defaults; their names are `cls`'s arguments), once
+    `variant` is found among `known`: the body of each `<optimizer>_variant`."""
+    if variant not in known:
+        raise ValueError(f"{op}: unknown variant {variant!r}; known: {', '.join(known)}")
+    h = factory(**hyperparams).hyperparams
+    return cls(variant, *args, **h, **kwargs)
 
 
 class GradientTransform:

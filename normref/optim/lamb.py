@@ -19,18 +19,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from normref import _checks
-from normref.optim.base import (
-    Checked,
-    Hyper,
-    Optimizer,
-    Params,
-    Schedule,
-    betas_of,
-    params_only,
-    register_state,
-)
-from normref.optim.lars import Mask, check_mask, norm, parameter_mask, safe_ratio
+from normref.optim.adam import _adam_hyperparameters
+from normref.optim.base import PeerVariant, Schedule, peer_variant, register_state
+from normref.optim.lars import Mask, Masked, check_mask, norm, safe_ratio
 
 __all__ = ["LambState", "lamb", "lamb_variant", "VARIANTS"]
 
@@ -61,7 +52,7 @@ class _Coefficients(NamedTuple):
     decay: bool = True
 
 
-class Lamb(Optimizer):
+class Lamb(Masked):
     name = "lamb"
     kernel = "lamb"
     state_type = LambState
@@ -76,34 +67,12 @@ class Lamb(Optimizer):
         trust_ratio_mask: Mask,
     ) -> None:
         op = self.name
-        self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        self.b1, self.b2 = betas_of(op, betas)
-        self.eps = _checks.positive(op, "eps", eps)
-        self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
+        given = _adam_hyperparameters(self, lr, betas, eps, weight_decay)
         self.weight_decay_mask = check_mask(op, "weight_decay_mask", weight_decay_mask)
         self.trust_ratio_mask = check_mask(op, "trust_ratio_mask", trust_ratio_mask)
         super().__init__(
-            dict(
-                lr=lr,
-                betas=tuple(betas),
-                eps=eps,
-                weight_decay=weight_decay,
-                weight_decay_mask=weight_decay_mask,
-                trust_ratio_mask=trust_ratio_mask,
-            )
+            given | dict(weight_decay_mask=weight_decay_mask, trust_ratio_mask=trust_ratio_mask)
         )
-
-    def init(self, params: Params) -> LambState:
-        # the masks are matched against params here too, so that a wrong one fails at once
-        self._per_parameter(params_only(self.name, params), None)
-        return super().init(params)
-
-    def _per_parameter(self, checked: Checked, k: Any) -> list[Any]:
-        decays = parameter_mask(self.name, "weight_decay_mask", self.weight_decay_mask, checked)
-        trusts = parameter_mask(self.name, "trust_ratio_mask", self.trust_ratio_mask, checked)
-        if k is None:
-            return []
-        return [k._replace(decay=d, trust=t) for d, t in zip(decays, trusts)]
 
     def _slots(self) -> tuple[bool, ...]:
         return (True, True)
@@ -188,16 +157,7 @@ VARIANTS = {
 }
 
 
-class _LambVariant(Lamb):
-    """LAMB under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _LambVariant(PeerVariant, Lamb):
     def _math(self, xp, p, g, slots, k):
         variant = self.variant
         mu, nu = self._moments(g, slots, k)
@@ -229,15 +189,4 @@ class _LambVariant(Lamb):
 def lamb_variant(variant: str, **hyperparams: Any) -> Lamb:
     """An optimizer computing LAMB under a peer's convention `variant` (one of VARIANTS), with
     lamb's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"lamb: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = lamb(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _LambVariant(
-        variant,
-        h["lr"],
-        h["betas"],
-        h["eps"],
-        h["weight_decay"],
-        h["weight_decay_mask"],
-        h["trust_ratio_mask"],
-    )
+    return peer_variant("lamb", variant, VARIANTS, lamb, hyperparams, _LambVariant)

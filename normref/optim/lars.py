@@ -27,13 +27,15 @@ from normref.optim.base import (
     Hyper,
     Optimizer,
     Params,
+    PeerVariant,
     Schedule,
     _matched,
     params_only,
+    peer_variant,
     register_state,
 )
 
-__all__ = ["LarsState", "lars", "lars_variant", "parameter_mask", "Mask", "VARIANTS"]
+__all__ = ["LarsState", "lars", "lars_variant", "parameter_mask", "Mask", "Masked", "VARIANTS"]
 
 # True (every tensor), a container of booleans shaped like params, or a predicate on one tensor
 # (e.g. `lambda p: p.ndim > 1`, which leaves biases and normalization gains out)
@@ -78,6 +80,23 @@ def safe_ratio(xp: Any, numerator: Any, denominator: Any, p_norm: Any, u_norm: A
     return xp.where(zero, one, numerator / xp.where(zero, one, denominator))
 
 
+class Masked(Optimizer):
+    """An optimizer with per-tensor masks, `weight_decay_mask` and `trust_ratio_mask` (LARS,
+    LAMB): each parameter's coefficients carry its own `decay` and `trust` flags."""
+
+    def init(self, params: Params) -> Any:
+        # the masks are matched against params here too, so that a wrong one fails at once
+        self._per_parameter(params_only(self.name, params), None)
+        return super().init(params)
+
+    def _per_parameter(self, checked: Checked, k: Any) -> list[Any]:
+        decays = parameter_mask(self.name, "weight_decay_mask", self.weight_decay_mask, checked)
+        trusts = parameter_mask(self.name, "trust_ratio_mask", self.trust_ratio_mask, checked)
+        if k is None:
+            return []
+        return [k._replace(decay=d, trust=t) for d, t in zip(decays, trusts)]
+
+
 @register_state
 class LarsState(NamedTuple):
     step: Any  # () int64 NumPy array: updates taken so far
@@ -97,7 +116,7 @@ class _Coefficients(NamedTuple):
     decay: bool = True  # this tensor decays
 
 
-class Lars(Optimizer):
+class Lars(Masked):
     name = "lars"
     kernel = "lars"
     state_type = LarsState
@@ -137,18 +156,6 @@ class Lars(Optimizer):
                 trust_ratio_mask=trust_ratio_mask,
             )
         )
-
-    def init(self, params: Params) -> LarsState:
-        # the masks are matched against params here too, so that a wrong one fails at once
-        self._per_parameter(params_only(self.name, params), None)
-        return super().init(params)
-
-    def _per_parameter(self, checked: Checked, k: Any) -> list[Any]:
-        decays = parameter_mask(self.name, "weight_decay_mask", self.weight_decay_mask, checked)
-        trusts = parameter_mask(self.name, "trust_ratio_mask", self.trust_ratio_mask, checked)
-        if k is None:
-            return []
-        return [k._replace(decay=d, trust=t) for d, t in zip(decays, trusts)]
 
     def _slots(self) -> tuple[bool, ...]:
         return (self.momentum.scheduled or self.momentum.value != 0,)
@@ -238,16 +245,7 @@ VARIANTS = {
 }
 
 
-class _LarsVariant(Lars):
-    """LARS under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _LarsVariant(PeerVariant, Lars):
     def _ratio(self, xp, p, g, d, wd, k):
         p_norm = norm(xp, p)
         if self.variant == "optax_trust_ratio":
@@ -274,17 +272,4 @@ class _LarsVariant(Lars):
 def lars_variant(variant: str, lr: float | Schedule, **hyperparams: Any) -> Lars:
     """An optimizer computing LARS under a peer's convention `variant` (one of VARIANTS), with
     lars' hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"lars: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = lars(lr, **hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _LarsVariant(
-        variant,
-        h["lr"],
-        h["momentum"],
-        h["weight_decay"],
-        h["trust_coefficient"],
-        h["eps"],
-        h["nesterov"],
-        h["weight_decay_mask"],
-        h["trust_ratio_mask"],
-    )
+    return peer_variant("lars", variant, VARIANTS, lars, {"lr": lr, **hyperparams}, _LarsVariant)

@@ -16,7 +16,15 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
+from normref.optim.base import (
+    Hyper,
+    Optimizer,
+    PeerVariant,
+    Schedule,
+    betas_of,
+    peer_variant,
+    register_state,
+)
 
 __all__ = ["LionState", "lion", "lion_variant", "VARIANTS"]
 
@@ -116,16 +124,7 @@ VARIANTS = {
 }
 
 
-class _LionVariant(Lion):
-    """Lion under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _LionVariant(PeerVariant, Lion):
     def _math(self, xp, p, g, slots, k):
         (m,) = slots
         if k.weight_decay != 0:
@@ -142,7 +141,4 @@ class _LionVariant(Lion):
 def lion_variant(variant: str, **hyperparams: Any) -> Lion:
     """An optimizer computing Lion under a peer's convention `variant` (one of VARIANTS), with
     lion's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"lion: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = lion(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _LionVariant(variant, h["lr"], h["betas"], h["weight_decay"])
+    return peer_variant("lion", variant, VARIANTS, lion, hyperparams, _LionVariant)

@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from normref import _checks
-from normref.optim.adam import _lerp
-from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
+from normref.optim.adam import _adam_hyperparameters, _adam_moments
+from normref.optim.base import Optimizer, PeerVariant, Schedule, peer_variant, register_state
 
 __all__ = ["NAdamState", "nadam", "nadam_variant", "VARIANTS"]
 
@@ -79,10 +79,7 @@ class NAdam(Optimizer):
         maximize: bool,
     ) -> None:
         op = self.name
-        self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        self.b1, self.b2 = betas_of(op, betas)
-        self.eps = _checks.positive(op, "eps", eps)
-        self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
+        given = _adam_hyperparameters(self, lr, betas, eps, weight_decay)
         self.momentum_decay = _checks.nonnegative(op, "momentum_decay", momentum_decay)
         self.decoupled = _checks.flag(op, "decoupled_weight_decay", decoupled_weight_decay)
         self.maximize = _checks.flag(op, "maximize", maximize)
@@ -91,11 +88,8 @@ class NAdam(Optimizer):
         # the results never depend on it (a jump back recomputes from t = 0)
         self._product = (0, 1.0)
         super().__init__(
-            dict(
-                lr=lr,
-                betas=tuple(betas),
-                eps=eps,
-                weight_decay=weight_decay,
+            given
+            | dict(
                 momentum_decay=momentum_decay,
                 decoupled_weight_decay=decoupled_weight_decay,
                 maximize=maximize,
@@ -146,22 +140,8 @@ class NAdam(Optimizer):
             maximize=self.maximize,
         )
 
-    def _moments(self, p, g, slots, k):
-        """The steps every convention shares: sign, weight decay, the two moments."""
-        mu, nu = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            if k.decoupled:
-                p = p * k.decay
-            else:
-                g = g + k.weight_decay * p
-        mu = _lerp(mu, g, k.one_minus_b1)
-        nu = nu * k.b2 + k.one_minus_b2 * g * g
-        return p, g, mu, nu
-
     def _math(self, xp, p, g, slots, k):
-        p, g, mu, nu = self._moments(p, g, slots, k)
+        p, g, mu, nu = _adam_moments(p, g, *slots, k)
         denom = xp.sqrt(nu / k.bc2) + k.eps
         # two addcdiv's, in PyTorch's order: the gradient's share first, then the moment's
         p = p + k.grad_coef * g / denom
@@ -216,15 +196,9 @@ VARIANTS = {
 }
 
 
-class _NAdamVariant(NAdam):
-    """NAdam under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
+class _NAdamVariant(PeerVariant, NAdam):
+    def __init__(self, variant: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(variant, *args, **kwargs)
         self._product32 = (0, np.float32(1.0))
 
     def _prod(self, t: int) -> float:
@@ -244,7 +218,7 @@ class _NAdamVariant(NAdam):
         if self.variant == "float32_schedule_product":
             return super()._math(xp, p, g, slots, k)
         # optax_nesterov (optax/_src/transform.py::scale_by_adam with nesterov=True)
-        p, g, mu, nu = self._moments(p, g, slots, k)
+        p, g, mu, nu = _adam_moments(p, g, *slots, k)
         mu_hat = k.b1 * (mu / k.bc1_next) + k.one_minus_b1 * (g / k.bc1)
         nu_hat = nu / k.bc2
         return p - k.lr * (mu_hat / (xp.sqrt(nu_hat) + k.eps)), (mu, nu)
@@ -253,18 +227,6 @@ class _NAdamVariant(NAdam):
 def nadam_variant(variant: str, **hyperparams: Any) -> NAdam:
     """An optimizer computing NAdam under a peer's convention `variant` (one of VARIANTS), with
     nadam's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"nadam: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     if variant == "keras_momentum_schedule":
         return nadam(**{**hyperparams, "momentum_decay": 1.0})
-    h = nadam(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _NAdamVariant(
-        variant,
-        h["lr"],
-        h["betas"],
-        h["eps"],
-        h["weight_decay"],
-        h["momentum_decay"],
-        h["decoupled_weight_decay"],
-        h["maximize"],
-    )
+    return peer_variant("nadam", variant, VARIANTS, nadam, hyperparams, _NAdamVariant)

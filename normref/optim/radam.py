@@ -24,8 +24,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.adam import _lerp
-from normref.optim.base import Hyper, Optimizer, Schedule, betas_of, register_state
+from normref.optim.adam import _adam_hyperparameters, _adam_moments
+from normref.optim.base import Optimizer, PeerVariant, Schedule, peer_variant, register_state
 
 __all__ = ["RAdamState", "radam", "radam_variant", "VARIANTS"]
 
@@ -79,21 +79,11 @@ class RAdam(Optimizer):
         maximize: bool,
     ) -> None:
         op = self.name
-        self.lr = Hyper.of(op, "lr", lr, _checks.nonnegative)
-        self.b1, self.b2 = betas_of(op, betas)
-        self.eps = _checks.positive(op, "eps", eps)
-        self.weight_decay = Hyper.of(op, "weight_decay", weight_decay, _checks.nonnegative)
+        given = _adam_hyperparameters(self, lr, betas, eps, weight_decay)
         self.decoupled = _checks.flag(op, "decoupled_weight_decay", decoupled_weight_decay)
         self.maximize = _checks.flag(op, "maximize", maximize)
         super().__init__(
-            dict(
-                lr=lr,
-                betas=tuple(betas),
-                eps=eps,
-                weight_decay=weight_decay,
-                decoupled_weight_decay=decoupled_weight_decay,
-                maximize=maximize,
-            )
+            given | dict(decoupled_weight_decay=decoupled_weight_decay, maximize=maximize)
         )
 
     def _slots(self) -> tuple[bool, ...]:
@@ -129,22 +119,8 @@ class RAdam(Optimizer):
             maximize=self.maximize,
         )
 
-    def _moments(self, p, g, slots, k):
-        """The steps every convention shares: sign, weight decay, the two moments."""
-        mu, nu = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            if k.decoupled:
-                p = p * k.decay
-            else:
-                g = g + k.weight_decay * p
-        mu = _lerp(mu, g, k.one_minus_b1)
-        nu = nu * k.b2 + k.one_minus_b2 * g * g
-        return p, mu, nu
-
     def _math(self, xp, p, g, slots, k):
-        p, mu, nu = self._moments(p, g, slots, k)
+        p, _, mu, nu = _adam_moments(p, g, *slots, k)
         mu_hat = mu / k.bc1
         if k.rect is None:
             return p - mu_hat * k.lr, (mu, nu)
@@ -194,23 +170,14 @@ VARIANTS = {
 }
 
 
-class _RAdamVariant(RAdam):
-    """RAdam under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _RAdamVariant(PeerVariant, RAdam):
     def _math(self, xp, p, g, slots, k):
         rect = k.rect_at_threshold  # both peers rectify from rho_t >= 5
         if self.variant == "skip_unrectified" and rect is None:
             # the moments move, the parameter does not (nor does its decoupled decay)
-            _, mu, nu = self._moments(p, g, slots, k)
+            _, _, mu, nu = _adam_moments(p, g, *slots, k)
             return xp.asarray(p, copy=True), (mu, nu)
-        p, mu, nu = self._moments(p, g, slots, k)
+        p, _, mu, nu = _adam_moments(p, g, *slots, k)
         mu_hat = mu / k.bc1
         if rect is None:  # optax below the threshold: the bias-corrected momentum
             return p - k.lr * mu_hat, (mu, nu)
@@ -223,15 +190,4 @@ class _RAdamVariant(RAdam):
 def radam_variant(variant: str, **hyperparams: Any) -> RAdam:
     """An optimizer computing RAdam under a peer's convention `variant` (one of VARIANTS), with
     radam's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"radam: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = radam(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _RAdamVariant(
-        variant,
-        h["lr"],
-        h["betas"],
-        h["eps"],
-        h["weight_decay"],
-        h["decoupled_weight_decay"],
-        h["maximize"],
-    )
+    return peer_variant("radam", variant, VARIANTS, radam, hyperparams, _RAdamVariant)

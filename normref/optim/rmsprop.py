@@ -24,7 +24,15 @@ from typing import Any, NamedTuple
 
 from normref import _checks
 from normref.optim.adam import _lerp
-from normref.optim.base import Hyper, Optimizer, Schedule, register_state
+from normref.optim.base import (
+    Hyper,
+    Optimizer,
+    PeerVariant,
+    Schedule,
+    l2_gradient,
+    peer_variant,
+    register_state,
+)
 
 __all__ = ["RMSpropState", "rmsprop", "rmsprop_variant", "VARIANTS"]
 
@@ -104,10 +112,7 @@ class RMSprop(Optimizer):
     def _moments(self, xp, p, g, slots, k):
         """g after sign and decay, the new v and g_avg, and v - g_avg**2 (or v)."""
         v, buf, g_avg = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         v = v * k.alpha + k.one_minus_alpha * g * g
         if g_avg is None:
             return g, v, g_avg, v
@@ -166,16 +171,7 @@ VARIANTS = {
 }
 
 
-class _RMSpropVariant(RMSprop):
-    """RMSprop under one named convention of a peer; written for clarity, not speed."""
-
-    kernel = None  # never a fused kernel: those compute the reference formula only
-
-    def __init__(self, variant: str, *args: Any) -> None:
-        super().__init__(*args)
-        self.variant = variant
-        self.hyperparams["variant"] = variant
-
+class _RMSpropVariant(PeerVariant, RMSprop):
     def _math(self, xp, p, g, slots, k):
         buf = slots[1]
         g, v, g_avg, second = self._moments(xp, p, g, slots, k)
@@ -195,16 +191,4 @@ class _RMSpropVariant(RMSprop):
 def rmsprop_variant(variant: str, **hyperparams: Any) -> RMSprop:
     """An optimizer computing RMSprop under a peer's convention `variant` (one of VARIANTS), with
     rmsprop's hyperparameters and contract; for diagnosing which convention a target follows."""
-    if variant not in VARIANTS:
-        raise ValueError(f"rmsprop: unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    h = rmsprop(**hyperparams).hyperparams  # checks the hyperparameters, supplies the defaults
-    return _RMSpropVariant(
-        variant,
-        h["lr"],
-        h["alpha"],
-        h["eps"],
-        h["weight_decay"],
-        h["momentum"],
-        h["centered"],
-        h["maximize"],
-    )
+    return peer_variant("rmsprop", variant, VARIANTS, rmsprop, hyperparams, _RMSpropVariant)

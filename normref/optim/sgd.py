@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from normref import _checks
-from normref.optim.base import Hyper, Optimizer, Schedule, register_state
+from normref.optim.base import Hyper, Optimizer, Schedule, l2_gradient, register_state
 
 __all__ = ["SGDState", "sgd", "sgd_variant"]
 
@@ -97,10 +97,7 @@ class SGD(Optimizer):
 
     def _math(self, xp, p, g, slots, k):
         (buf,) = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         if buf is not None and k.momentum != 0:
             # the first buffer is a copy of g, never g itself: the new state must own its arrays
             buf = (
@@ -160,10 +157,7 @@ class _KerasSGD(SGD):
 
     def _math(self, xp, p, g, slots, k):
         (v,) = slots
-        if k.maximize:
-            g = -g
-        if k.weight_decay != 0:
-            g = g + k.weight_decay * p
+        g = l2_gradient(p, g, k)
         if v is None or k.momentum == 0:
             return p - k.lr * g, (v,)
         v = v * k.momentum - g * k.lr

@@ -231,8 +231,8 @@ def test_mixed_dtypes_go_each_to_its_own_path():
 @pytest.mark.parametrize("config", ["sgd_nesterov_maximize", "adam_l2_amsgrad_maximize", "lion"])
 def test_bfloat16_params_with_float32_state(config):
     """bfloat16 params (ml_dtypes): the kernels against the float32 reference on the same values,
-    rounded once per step to bfloat16 (the reference's 16-bit semantics; NumPy's array checks do
-    not take ml_dtypes arrays yet, so update_ cannot be asked directly)."""
+    rounded once per step to bfloat16 (the reference's 16-bit semantics). The public update_ on
+    bfloat16 params is tested in tests/optim."""
     ml_dtypes = pytest.importorskip("ml_dtypes")
     bf16 = ml_dtypes.bfloat16
     rng = np.random.default_rng(13)

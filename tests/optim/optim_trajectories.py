@@ -10,6 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+try:  # NumPy's bfloat16 (ml_dtypes, as JAX uses it); its cases are left out without it
+    from ml_dtypes import bfloat16
+except ImportError:
+    bfloat16 = None
+
+# The params dtypes of the contract tests: the 16-bit ones keep float32 state and round once.
+PARAM_DTYPES = [np.float64, np.float32, np.float16] + ([bfloat16] if bfloat16 is not None else [])
+
 SHAPES = [(1,), (7,), (3, 5), (2, 3, 4)]
 STEPS = 50
 ZERO_STEP = 11  # every gradient exactly 0

@@ -6,7 +6,9 @@ import array_api_strict
 import numpy as np
 import pytest
 from optim_trajectories import (
+    PARAM_DTYPES,
     assert_trajectories_identical,
+    bfloat16,
     gradient_sequence,
     initial_params,
     normref_trajectory,
@@ -33,7 +35,7 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_update_in_place_equals_update_bit_for_bit(name, dtype):
     params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
@@ -141,19 +143,56 @@ def test_torch_update_in_place_writes_into_the_parameters_storage():
     assert not torch.equal(layer.weight.detach(), weight_before)
 
 
-def test_16_bit_params_keep_float32_state_and_round_once():
-    p16 = [np.array([0.1, -3.0, 7.5], dtype=np.float16)]
-    g16 = [np.array([0.25, 1.0, -2.0], dtype=np.float16)]
+HALVES = [d for d in PARAM_DTYPES if np.dtype(d).itemsize == 2]
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=lambda d: d.__name__)
+def test_16_bit_params_keep_float32_state_and_round_once(dtype):
+    p16 = [np.array([0.1, -3.0, 7.5]).astype(dtype)]
+    g16 = [np.array([0.25, 1.0, -2.0]).astype(dtype)]
     opt = optim.adam(1e-2, weight_decay=0.1)
     state = opt.init(p16)
     assert state.mu[0].dtype == np.float32 and state.nu[0].dtype == np.float32
     new, new_state = opt.update(p16, g16, state)
-    assert new[0].dtype == np.float16 and new_state.nu[0].dtype == np.float32
-    # the same math in float32 on the float16 values, rounded once
+    assert new[0].dtype == dtype and new_state.nu[0].dtype == np.float32
+    # the same math in float32 on the 16-bit values, rounded once
     p32 = [p16[0].astype(np.float32)]
     ref, ref_state = opt.update(p32, [g16[0].astype(np.float32)], opt.init(p32))
-    assert new[0].tobytes() == ref[0].astype(np.float16).tobytes()
+    assert new[0].tobytes() == ref[0].astype(dtype).tobytes()
     assert new_state.mu[0].tobytes() == ref_state.mu[0].tobytes()
+
+
+# The optimizers with fused kernels, each with its options on (maximize, weight decay, amsgrad,
+# nesterov): what the kernels' bfloat16 mode must match.
+FUSED = {
+    "sgd": lambda: optim.sgd(0.05, momentum=0.9, nesterov=True, weight_decay=0.01, maximize=True),
+    "adam": lambda: optim.adam(3e-3, weight_decay=0.01, amsgrad=True, maximize=True),
+    "adamw": lambda: optim.adamw(schedules.cosine_with_warmup(1e-2, 5, 40), amsgrad=True),
+    "lion": lambda: optim.lion(3e-3, weight_decay=0.1),
+}
+
+
+@pytest.mark.skipif(bfloat16 is None, reason="ml_dtypes (NumPy's bfloat16) is not installed")
+@pytest.mark.parametrize("name", FUSED)
+def test_bfloat16_update_in_place_runs_the_fused_kernel_and_equals_update(name):
+    """bfloat16 params reach the Numba kernels through update_ (backend="numba" would refuse
+    otherwise) and give update's bits: the bfloat16 param is the master copy, state float32."""
+    pytest.importorskip("numba")
+    params = initial_params(bfloat16)
+    sequence = gradient_sequence(bfloat16, steps=30)
+    sequence[5][1][2] = np.nan  # a NaN gradient element goes through both paths alike
+    opt, fused = FUSED[name](), FUSED[name]()
+    state, fused_state = opt.init(params), fused.init(params)
+    fused_params = [p.copy() for p in params]
+    for step, grads in enumerate(sequence):
+        params, state = opt.update(params, grads, state)
+        fused.update_(fused_params, grads, fused_state, backend="numba")
+        for i, (x, y) in enumerate(zip(fused_params, params)):
+            assert x.dtype == y.dtype == bfloat16
+            assert x.tobytes() == y.tobytes(), f"step {step}, param {i}"
+    for field, a, b in zip(state._fields[1:], fused_state[1:], state[1:]):
+        for x, y in zip(_arrays(a), _arrays(b)):
+            assert x.dtype == np.float32 and x.tobytes() == y.tobytes(), field
 
 
 def test_step_counts_updates_and_is_a_host_int64():
@@ -240,6 +279,11 @@ def test_non_floating_params_are_refused():
         TypeError, match=r"sgd: params\['n'\] must be a real floating-point array, got dtype int32"
     ):
         optim.sgd(0.1).init({"n": np.ones(3, np.int32)})
+    if bfloat16 is not None:  # ml_dtypes' other extension dtypes stay refused
+        from ml_dtypes import float8_e4m3fn
+
+        with pytest.raises(TypeError, match=r"got dtype float8_e4m3fn"):
+            optim.sgd(0.1).init([np.ones(3, float8_e4m3fn)])
     with pytest.raises(
         TypeError, match="params must be a dict of arrays or a list/tuple of arrays"
     ):

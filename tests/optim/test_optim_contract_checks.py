@@ -12,6 +12,7 @@ from contract_checks import (
     assert_update_in_place_equals_update,
     assert_update_is_pure,
 )
+from optim_trajectories import PARAM_DTYPES
 
 from normref import optim
 from normref.registry import OPTIMIZERS
@@ -85,7 +86,7 @@ CASES = {
 NAMES = pytest.mark.parametrize("name", CASES)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("dtype", PARAM_DTYPES, ids=lambda d: d.__name__)
 @NAMES
 def test_update_in_place_equals_update_bit_for_bit(name, dtype):
     assert_update_in_place_equals_update(CASES[name]["make"], dtype)

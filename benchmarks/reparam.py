@@ -11,9 +11,11 @@ interleaved with the Numba calls, and every ratio is a ratio of medians from the
 runtime's calls are grouped after a pause, so that one runtime's spinning OpenMP threads do not
 steal the cores from the other.
 
-Rows per cell: "numba" is the public call (normref.weight_norm_forward(..., backend="numba")),
-which allocates its outputs; "numba kernel" calls the kernel with preallocated outputs, so the gap
-between the two is the allocation (page faults on a fresh array). PyTorch: `torch._weight_norm`
+Rows per cell: "numba (out=)" is the public call (normref.weight_norm_forward(..., out=w,
+backend="numba"), and the backward with out=), writing into preallocated buffers: a fresh 19 MB
+output would cost more page faults than the kernel takes. "numba kernel" calls the kernel with
+every output preallocated, so the gap between the two is the wrapper and the small per-channel
+vectors it still allocates. The reference allocates its outputs. PyTorch: `torch._weight_norm`
 (what nn.utils.parametrizations.weight_norm calls), and weight standardization as the authors'
 code writes it (joe-siyuan-qiao/WeightStandardization, README: torch.std_mean over the fan-in,
 (w - mean) / (std + 1e-5)); backward through autograd.
@@ -49,17 +51,25 @@ def _inputs(shape, seed=0):
     return v, dw, g
 
 
-def _normref_fn(op, pass_, v, dw, g, backend):
-    """The public API call for one cell of the table."""
+def _normref_fn(op, pass_, v, dw, g, backend, out):
+    """The public API call for one cell of the table; out=True passes preallocated buffers."""
+    w = np.empty_like(v) if out else None
+    grad = np.empty_like(v) if out else None
     if op == "weight_norm":
-        fwd = lambda: normref.weight_norm_forward(g, v, backend=backend)  # noqa: E731
+
+        def fwd():
+            return normref.weight_norm_forward(g, v, out=w, backend=backend)
+
         bwd = normref.weight_norm_backward
     else:
-        fwd = lambda: normref.weight_standardization_forward(v, eps=EPS, backend=backend)  # noqa: E731
+
+        def fwd():
+            return normref.weight_standardization_forward(v, eps=EPS, out=w, backend=backend)
+
         bwd = normref.weight_standardization_backward
     if pass_ == "fwd":
         return fwd
-    return lambda: bwd(dw, fwd()[-1], backend=backend)
+    return lambda: bwd(dw, fwd()[-1], out=grad, backend=backend)
 
 
 def _kernel_fn(op, pass_, v, dw, g):
@@ -158,13 +168,13 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
                 floor_fn, floor_bytes = _floor(pass_, v2, dw2, fy, fdx)
                 numba_fns = {
                     "floor": floor_fn,
-                    "numba": _normref_fn(op, pass_, v, dw, g, "numba"),
+                    "numba (out=)": _normref_fn(op, pass_, v, dw, g, "numba", out=True),
                     "numba kernel": _kernel_fn(op, pass_, v, dw, g),
                 }
                 groups = [(numba_fns, rounds)]
                 if torch is not None:
                     groups.append(({"torch": _torch_fn(torch, op, pass_, v, dw, g)}, rounds))
-                ref = _normref_fn(op, pass_, v, dw, g, "reference")
+                ref = _normref_fn(op, pass_, v, dw, g, "reference", out=False)
                 groups.append(({"reference": ref}, reference_rounds))
                 times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
                 floor_gbps = floor_bytes / times.pop("floor") / 1e9

@@ -92,7 +92,9 @@ def same_dtype(op: str, name: str, x: Any, like_name: str, like: Any) -> None:
 
 
 def output(op: str, name: str, out: Any, like: Any) -> None:
-    """A caller-provided output buffer must match the result's shape and dtype exactly."""
+    """A caller-provided output buffer must match the result's shape and dtype exactly, and be
+    writable: a read-only array would fail only after the work was done (in a Numba kernel, as a
+    typing error that names neither the op nor the argument)."""
     if out is None:
         return
     if (
@@ -103,6 +105,9 @@ def output(op: str, name: str, out: Any, like: Any) -> None:
             f"{op}: {name} must be an array of shape {tuple(like.shape)} and dtype {like.dtype}, "
             f"got {getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}".rstrip()
         )
+    flags = getattr(out, "flags", None)  # NumPy and CuPy arrays; CuPy's have no `writeable`
+    if flags is not None and not getattr(flags, "writeable", True):
+        raise ValueError(f"{op}: {name} must be a writable array, got a read-only one")
 
 
 def flag(op: str, name: str, value: Any) -> bool:

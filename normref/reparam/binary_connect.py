@@ -48,7 +48,9 @@ class BinaryConnectSaved(NamedTuple):
     mask_gradient: bool
 
 
-def binary_connect(w, *, stochastic=False, seed=None, scale=1.0, mask_gradient=True, backend=None):
+def binary_connect(
+    w, *, stochastic=False, seed=None, scale=1.0, mask_gradient=True, out=None, backend=None
+):
     """w_b in {-scale, +scale}: the sign of w, or a stochastic draw with P(+scale) = hard
     sigmoid of w / scale."""
     return binary_connect_forward(
@@ -57,12 +59,13 @@ def binary_connect(w, *, stochastic=False, seed=None, scale=1.0, mask_gradient=T
         seed=seed,
         scale=scale,
         mask_gradient=mask_gradient,
+        out=out,
         backend=backend,
     )[0]
 
 
 def binary_connect_forward(
-    w, *, stochastic=False, seed=None, scale=1.0, mask_gradient=True, backend=None
+    w, *, stochastic=False, seed=None, scale=1.0, mask_gradient=True, out=None, backend=None
 ):
     """Binarize the real-valued weights `w`; returns (w_b, BinaryConnectSaved).
 
@@ -74,12 +77,13 @@ def binary_connect_forward(
 
     `scale` is the binary magnitude and the half-width of the straight-through window;
     `mask_gradient` (only read by the backward) cancels the gradient where |w| > scale.
+    `out`, if given (w's shape and dtype, writable), receives w_b and is returned as it.
 
     >>> import numpy as np, normref
     >>> normref.binary_connect(np.array([-0.3, 0.0, 2.0]))
     array([-1.,  1.,  1.])
     """
-    xp = _xp.namespace(w)
+    xp = _xp.namespace(w, out)
     _checks.floating(_NAME, "w", w, xp)
     stochastic = _checks.flag(_NAME, "stochastic", stochastic)
     scale = _checks.positive(_NAME, "scale", scale)
@@ -91,6 +95,7 @@ def binary_connect_forward(
             f"{_NAME}: stochastic=True needs an explicit seed (an int >= 0); normref never "
             "draws from a global random generator"
         )
+    _checks.output(_NAME, "out", out, w)
     kernels_for(registry.OPS[_NAME], w, backend)  # validates `backend`; there are no kernels
 
     plus = xp.full_like(w, scale)
@@ -102,24 +107,26 @@ def binary_connect_forward(
         up = w >= 0
     w_b = xp.where(up, plus, -plus)
     # NaN compares false, which would silently make it -scale: keep it NaN instead.
-    w_b = xp.where(xp.isnan(w), w, w_b)
+    w_b = _xp.deliver(xp, xp.where(xp.isnan(w), w, w_b), out, tuple(w.shape))
     return w_b, BinaryConnectSaved(w, scale, mask_gradient)
 
 
-def binary_connect_backward(dw_b, saved: BinaryConnectSaved, *, backend=None):
+def binary_connect_backward(dw_b, saved: BinaryConnectSaved, *, out=None, backend=None):
     """(dw,): the straight-through gradient, dw_b where |w| <= scale and 0 elsewhere (dw_b
-    everywhere with mask_gradient=False); NaN where w is NaN."""
+    everywhere with mask_gradient=False); NaN where w is NaN. `out`, if given (w's shape and
+    dtype, writable), receives dw and is returned as it."""
     w = saved.w
-    xp = _xp.namespace(dw_b, w)
+    xp = _xp.namespace(dw_b, w, out)
     _checks.floating(_NAME, "dw_b", dw_b, xp)
     _checks.same_shape(_NAME, "dw_b", dw_b, "w", w)
     _checks.same_dtype(_NAME, "dw_b", dw_b, "w", w)
+    _checks.output(_NAME, "out", out, w)
     kernels_for(registry.OPS[_NAME], w, backend)
 
     dw = dw_b
     if saved.mask_gradient:
         dw = xp.where(xp.abs(w) <= saved.scale, dw_b, xp.zeros_like(dw_b))
-    return (xp.where(xp.isnan(w), w, dw),)
+    return (_xp.deliver(xp, xp.where(xp.isnan(w), w, dw), out, tuple(w.shape)),)
 
 
 def _uniforms(xp, like, seed):

@@ -49,14 +49,18 @@ class ScaledWeightStandardizationSaved(NamedTuple):
     gamma: float
 
 
-def scaled_weight_standardization(weight, gain=None, *, gamma=1.0, eps=1e-4, backend=None):
+def scaled_weight_standardization(
+    weight, gain=None, *, gamma=1.0, eps=1e-4, out=None, backend=None
+):
     """w = gamma * gain * (weight - mean) / sqrt(max(N * var, eps)) per output channel."""
     return scaled_weight_standardization_forward(
-        weight, gain, gamma=gamma, eps=eps, backend=backend
+        weight, gain, gamma=gamma, eps=eps, out=out, backend=backend
     )[0]
 
 
-def scaled_weight_standardization_forward(weight, gain=None, *, gamma=1.0, eps=1e-4, backend=None):
+def scaled_weight_standardization_forward(
+    weight, gain=None, *, gamma=1.0, eps=1e-4, out=None, backend=None
+):
     """Scaled weight standardization of `weight` (C_out, *fan_in); returns
     (w, ScaledWeightStandardizationSaved).
 
@@ -65,13 +69,14 @@ def scaled_weight_standardization_forward(weight, gain=None, *, gamma=1.0, eps=1
     the NF-ResNet paper (1.7139588594436646 for ReLU in DeepMind's table; DeepMind applies it to
     the activation instead, which is the same network). `eps` (1e-4) is a floor on N * var,
     DeepMind's `jnp.maximum(var * fan_in, eps)`; timm adds its eps = 1e-6 to var inside the
-    square root instead (specs/scaled_weight_standardization.md, Conventions).
+    square root instead (specs/scaled_weight_standardization.md, Conventions). `out`, if given
+    (weight's shape and dtype, writable), receives w and is returned as it.
 
     >>> import numpy as np, normref
     >>> np.round(normref.scaled_weight_standardization(np.array([[1.0, 2.0, 3.0]])), 4)
     array([[-0.7071,  0.    ,  0.7071]])
     """
-    xp = _xp.namespace(weight, gain)
+    xp = _xp.namespace(weight, gain, out)
     _checks.floating(_NAME, "weight", weight, xp)
     _checks.min_ndim(_NAME, "weight", weight, 2, "(C_out, *fan_in)")
     channels, n = weight.shape[0], math.prod(weight.shape[1:])
@@ -85,6 +90,7 @@ def scaled_weight_standardization_forward(weight, gain=None, *, gamma=1.0, eps=1
             )
     gamma = _checks.finite(_NAME, "gamma", gamma)
     eps = _checks.positive(_NAME, "eps", eps)
+    _checks.output(_NAME, "out", out, weight)
     kernels_for(registry.OPS[_NAME], weight, backend)  # validates `backend`; there are no kernels
 
     acc = _xp.accumulation_dtype(xp, weight.dtype)
@@ -94,7 +100,7 @@ def scaled_weight_standardization_forward(weight, gain=None, *, gamma=1.0, eps=1
     active = xp.astype(sumsq > eps, acc)
     ga = None if gain is None else xp.reshape(xp.astype(gain, acc), (channels, 1))
     scale = gamma * rscale if ga is None else gamma * ga * rscale
-    w = xp.astype(xp.reshape(centred * scale, tuple(weight.shape)), weight.dtype)
+    w = _xp.deliver(xp, xp.astype(centred * scale, weight.dtype), out, tuple(weight.shape))
     saved = ScaledWeightStandardizationSaved(
         weight,
         ga,
@@ -109,14 +115,18 @@ def scaled_weight_standardization_forward(weight, gain=None, *, gamma=1.0, eps=1
 
 
 def scaled_weight_standardization_backward(
-    dw, saved: ScaledWeightStandardizationSaved, *, backend=None
+    dw, saved: ScaledWeightStandardizationSaved, *, out=None, backend=None
 ):
-    """(dweight, dgain) from the upstream gradient dw; dgain is None when there was no gain."""
+    """(dweight, dgain) from the upstream gradient dw; dgain is None when there was no gain.
+
+    `out`, if given (weight's shape and dtype, writable), receives dweight and is returned as it.
+    """
     weight = saved.weight
-    xp = _xp.namespace(dw, weight)
+    xp = _xp.namespace(dw, weight, out)
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "weight", weight)
     _checks.same_dtype(_NAME, "dw", dw, "weight", weight)
+    _checks.output(_NAME, "out", out, weight)
     kernels_for(registry.OPS[_NAME], weight, backend)
 
     channels, n = weight.shape[0], math.prod(weight.shape[1:])
@@ -127,7 +137,7 @@ def scaled_weight_standardization_backward(
     # Where the floor eps is active the scale r is a constant and only the centring remains.
     proj = saved.active * xp.sum(h * c_hat, axis=1, keepdims=True)
     dweight = saved.rscale * (h - xp.mean(h, axis=1, keepdims=True) - c_hat * proj)
-    dweight = xp.astype(xp.reshape(dweight, tuple(weight.shape)), weight.dtype)
+    dweight = _xp.deliver(xp, xp.astype(dweight, weight.dtype), out, tuple(weight.shape))
     dgain = None
     if saved.gain is not None:
         dgain = saved.gamma * xp.sum(g * c_hat, axis=1)

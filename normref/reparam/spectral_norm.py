@@ -64,6 +64,7 @@ def spectral_norm(
     eps=1e-12,
     training=True,
     exact=False,
+    out=None,
     backend=None,
 ):
     """(w, new_u, new_v): spectral_norm_forward without the saved tensors. The state comes back
@@ -77,6 +78,7 @@ def spectral_norm(
         eps=eps,
         training=training,
         exact=exact,
+        out=out,
         backend=backend,
     )[:3]
 
@@ -91,6 +93,7 @@ def spectral_norm_forward(
     eps=1e-12,
     training=True,
     exact=False,
+    out=None,
     backend=None,
 ):
     """Spectral normalization of `weight`; returns (w, new_u, new_v, SpectralNormSaved).
@@ -108,6 +111,9 @@ def spectral_norm_forward(
 
     A 1-D weight has no u and v (pass None): w = weight / max(||weight||, eps).
 
+    `out`, if given (weight's shape and dtype, writable), receives w and is returned as it; the
+    new u and v are always new arrays (small, and never written into the caller's state).
+
     One power step from v = (1, 1) estimates sigma = 2.86 for a largest singular value of 3:
 
     >>> import numpy as np, normref
@@ -117,7 +123,7 @@ def spectral_norm_forward(
     (array([[1.048, 0.   ],
            [0.   , 0.349]]), array([0.949, 0.316]), array([0.994, 0.11 ]))
     """
-    xp = _xp.namespace(weight, u, v)
+    xp = _xp.namespace(weight, u, v, out)
     _checks.floating(_NAME, "weight", weight, xp)
     _checks.min_ndim(_NAME, "weight", weight, 1, "(out, *in) with out along dim")
     dim = _checks.axis(_NAME, "dim", dim, weight.ndim)
@@ -143,6 +149,7 @@ def spectral_norm_forward(
                 )
             _checks.floating(_NAME, name, vec, xp)
             _checks.shape_is(_NAME, name, vec, (n,), f"the weight as a ({h}, {rest}) matrix")
+    _checks.output(_NAME, "out", out, weight)
     kernels_for(registry.OPS[_NAME], weight, backend)  # validates `backend`; there are no kernels
 
     acc = _xp.accumulation_dtype(xp, weight.dtype)
@@ -151,7 +158,7 @@ def spectral_norm_forward(
         norm = xp.sqrt(xp.sum(wa * wa))
         clamped = bool(norm <= eps)
         denom = xp.clip(norm, min=eps)
-        w = xp.astype(wa / denom, weight.dtype)
+        w = _xp.deliver(xp, xp.astype(wa / denom, weight.dtype), out, tuple(weight.shape))
         return w, None, None, SpectralNormSaved(weight, None, None, denom, perm, clamped)
 
     mat = _as_matrix(xp, wa, perm, h, rest)
@@ -162,7 +169,7 @@ def spectral_norm_forward(
         if training:
             ua, va = _power_iteration(xp, mat, ua, va, n_power_iterations, eps)
         sigma = xp.sum(ua * xp.matmul(mat, va))
-    w = xp.astype(wa / sigma, weight.dtype)
+    w = _xp.deliver(xp, xp.astype(wa / sigma, weight.dtype), out, tuple(weight.shape))
     if training:
         new_u, new_v = xp.astype(ua, u.dtype), xp.astype(va, v.dtype)
     else:
@@ -170,15 +177,17 @@ def spectral_norm_forward(
     return w, new_u, new_v, SpectralNormSaved(weight, ua, va, sigma, perm, False)
 
 
-def spectral_norm_backward(dw, saved: SpectralNormSaved, *, backend=None):
+def spectral_norm_backward(dw, saved: SpectralNormSaved, *, out=None, backend=None):
     """(dweight,): the gradient of spectral_norm's w from the upstream gradient dw, with u and v
     constants (PyTorch's autograd; exact for exact=True). u and v are state, not differentiated.
+    `out`, if given (weight's shape and dtype, writable), receives dweight and is returned as it.
     """
     weight = saved.weight
-    xp = _xp.namespace(dw, weight)
+    xp = _xp.namespace(dw, weight, out)
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "weight", weight)
     _checks.same_dtype(_NAME, "dw", dw, "weight", weight)
+    _checks.output(_NAME, "out", out, weight)
     kernels_for(registry.OPS[_NAME], weight, backend)
 
     acc = saved.sigma.dtype
@@ -188,16 +197,18 @@ def spectral_norm_backward(dw, saved: SpectralNormSaved, *, backend=None):
         # w = x / n with n = ||x||: dx = (dw - x_hat * sum(x_hat * dw)) / n. Where the norm was
         # clamped to eps, the denominator is a constant and only dw / eps remains.
         if saved.clamped:
-            return (xp.astype(dwa / sigma, weight.dtype),)
-        x_hat = wa / sigma
-        return (xp.astype((dwa - x_hat * xp.sum(x_hat * dwa)) / sigma, weight.dtype),)
-    h, rest = saved.u.shape[0], saved.v.shape[0]
-    # d sigma / d W = u v^T (u, v constant), so d(W / sigma) pulls dw back to
-    # dw / sigma - sum(dw * W) / sigma^2 * u v^T.
-    coeff = xp.sum(dwa * wa) / (sigma * sigma)
-    outer = xp.reshape(saved.u, (h, 1)) * xp.reshape(saved.v, (1, rest))
-    dweight = dwa / sigma - coeff * _from_matrix(xp, outer, saved.perm, tuple(weight.shape))
-    return (xp.astype(dweight, weight.dtype),)
+            dweight = dwa / sigma
+        else:
+            x_hat = wa / sigma
+            dweight = (dwa - x_hat * xp.sum(x_hat * dwa)) / sigma
+    else:
+        h, rest = saved.u.shape[0], saved.v.shape[0]
+        # d sigma / d W = u v^T (u, v constant), so d(W / sigma) pulls dw back to
+        # dw / sigma - sum(dw * W) / sigma^2 * u v^T.
+        coeff = xp.sum(dwa * wa) / (sigma * sigma)
+        outer = xp.reshape(saved.u, (h, 1)) * xp.reshape(saved.v, (1, rest))
+        dweight = dwa / sigma - coeff * _from_matrix(xp, outer, saved.perm, tuple(weight.shape))
+    return (_xp.deliver(xp, xp.astype(dweight, weight.dtype), out, tuple(weight.shape)),)
 
 
 def spectral_norm_init(weight, u0, v0, *, dim=0, eps=1e-12, n_power_iterations=15):

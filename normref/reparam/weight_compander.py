@@ -49,12 +49,12 @@ class WeightCompanderSaved(NamedTuple):
     acc: Any  # the accumulation dtype
 
 
-def weight_compander(v, a=1.0, b=1.0, *, backend=None):
+def weight_compander(v, a=1.0, b=1.0, *, out=None, backend=None):
     """w = a * arctan(v / b), elementwise."""
-    return weight_compander_forward(v, a, b, backend=backend)[0]
+    return weight_compander_forward(v, a, b, out=out, backend=backend)[0]
 
 
-def weight_compander_forward(v, a=1.0, b=1.0, *, backend=None):
+def weight_compander_forward(v, a=1.0, b=1.0, *, out=None, backend=None):
     """The weight compander of `v`; returns (w, WeightCompanderSaved).
 
     `a` scales and bounds the weights (|w| < a * pi / 2), `b` stretches the function along v.
@@ -62,32 +62,37 @@ def weight_compander_forward(v, a=1.0, b=1.0, *, backend=None):
     or an array broadcastable to v (a learnable parameter: its gradient comes back from the
     backward; usually 0-d, one per layer or per network). The paper tunes a, b in
     {0.5, ..., 1.0} per network; a = b = 1 (w = arctan(v), its Fig. 2) is normref's default.
+    `out`, if given (v's shape and dtype, writable), receives w and is returned as it.
 
     >>> import numpy as np, normref
     >>> np.round(normref.weight_compander(np.array([-1.0, 0.0, 1.0, 100.0]), 0.5, 1.0), 4)
     array([-0.3927,  0.    ,  0.3927,  0.7804])
     """
-    xp = _xp.namespace(v, *(p for p in (a, b) if _is_array(p)))
+    xp = _xp.namespace(v, out, *(p for p in (a, b) if _is_array(p)))
     _checks.floating(_NAME, "v", v, xp)
     acc = _xp.accumulation_dtype(xp, v.dtype)
     a_val, a_like = _parameter(xp, "a", a, v, acc)
     b_val, b_like = _parameter(xp, "b", b, v, acc)
+    _checks.output(_NAME, "out", out, v)
     kernels_for(registry.OPS[_NAME], v, backend)  # validates `backend`; there are no kernels
 
     va = xp.astype(v, acc)
     w = a_val * xp.atan(va / b_val)
-    return xp.astype(w, v.dtype), WeightCompanderSaved(v, a_val, b_val, a_like, b_like, acc)
+    w = _xp.deliver(xp, xp.astype(w, v.dtype), out, tuple(v.shape))
+    return w, WeightCompanderSaved(v, a_val, b_val, a_like, b_like, acc)
 
 
-def weight_compander_backward(dw, saved: WeightCompanderSaved, *, backend=None):
+def weight_compander_backward(dw, saved: WeightCompanderSaved, *, out=None, backend=None):
     """Gradients (dv, da, db) from the upstream gradient dw. da and db are None when a and b were
     numbers (fixed hyperparameters), and in the shapes and dtypes of a and b when they were
-    arrays (learnable)."""
+    arrays (learnable). `out`, if given (v's shape and dtype, writable), receives dv and is
+    returned as it."""
     v = saved.v
-    xp = _xp.namespace(dw, v)
+    xp = _xp.namespace(dw, v, out)
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "v", v)
     _checks.same_dtype(_NAME, "dw", dw, "v", v)
+    _checks.output(_NAME, "out", out, v)
     kernels_for(registry.OPS[_NAME], v, backend)
 
     a, b = saved.a, saved.b
@@ -104,7 +109,7 @@ def weight_compander_backward(dw, saved: WeightCompanderSaved, *, backend=None):
         da = _sum_to(xp, dwa * xp.atan(t), saved.a_like)
     if saved.b_like is not None:
         db = _sum_to(xp, -dv * t, saved.b_like)  # -dw * a * t / (b * (1 + t^2))
-    return xp.astype(dv, v.dtype), da, db
+    return _xp.deliver(xp, xp.astype(dv, v.dtype), out, tuple(v.shape)), da, db
 
 
 def weight_compander_init(w, a=1.0, b=1.0):

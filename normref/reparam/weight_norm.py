@@ -45,12 +45,12 @@ class WeightNormSaved(NamedTuple):
     axes: tuple[int, ...]  # the axes the norm reduces over
 
 
-def weight_norm(g, v, *, dim=0, backend=None):
+def weight_norm(g, v, *, dim=0, out=None, backend=None):
     """w = g * v / ||v||, the norm over every dimension of v except `dim` (dim=None: all)."""
-    return weight_norm_forward(g, v, dim=dim, backend=backend)[0]
+    return weight_norm_forward(g, v, dim=dim, out=out, backend=backend)[0]
 
 
-def weight_norm_forward(g, v, *, dim=0, backend=None):
+def weight_norm_forward(g, v, *, dim=0, out=None, backend=None):
     """Weight normalization of the direction `v` with magnitude `g`; returns (w, WeightNormSaved).
 
     `dim` is PyTorch's: the dimension that keeps one norm per index (0, the output channels, by
@@ -60,19 +60,22 @@ def weight_norm_forward(g, v, *, dim=0, backend=None):
 
     `g` has PyTorch's shape, v.shape with every dimension but `dim` set to 1 (what
     `weight_norm_init` returns), or the flat shape (v.shape[dim],); for dim=None, shape ().
-    The result has v's shape and dtype.
+    The result has v's shape and dtype. `out`, if given (v's shape and dtype, writable),
+    receives w and is returned as it; the Numba and CUDA kernels write straight into a
+    C-contiguous `out` for dim=0 and dim=None (another dim costs one copy into it).
 
     >>> import numpy as np, normref
     >>> normref.weight_norm(np.array([[2.0], [3.0]]), np.array([[3.0, 4.0], [0.0, 1.0]]))
     array([[1.2, 1.6],
            [0. , 3. ]])
     """
-    xp = _xp.namespace(g, v)
+    xp = _xp.namespace(g, v, out)
     _checks.floating(_NAME, "v", v, xp)
     _checks.floating(_NAME, "g", g, xp)
     _checks.min_ndim(_NAME, "v", v, 1, "(the weight's shape)")
     axes, keep = _layout(tuple(v.shape), dim)
     _check_g(g, keep, tuple(v.shape), dim)
+    _checks.output(_NAME, "out", out, v)
     kernels = kernels_for(registry.OPS[_NAME], v, backend)
 
     acc = _xp.accumulation_dtype(xp, v.dtype)
@@ -80,25 +83,30 @@ def weight_norm_forward(g, v, *, dim=0, backend=None):
     if kernels is None:
         va = xp.astype(v, acc)
         norm = xp.sqrt(xp.sum(va * va, axis=axes, keepdims=True))
-        w = xp.astype(va * (ga / norm), v.dtype)
+        w = _xp.deliver(xp, xp.astype(va * (ga / norm), v.dtype), out, tuple(v.shape))
     else:
         rows, n = _rows_shape(tuple(v.shape), dim)
-        w = xp.empty((rows, n), dtype=v.dtype)
+        w = _rows_out(xp, out, rows, n, dim, v.dtype)
         norm = xp.empty((rows,), dtype=acc)
         kernels.weight_norm_forward(_as_rows(xp, v, dim), _xp.param_vector(xp, ga, acc), w, norm)
-        w = _from_rows(xp, w, tuple(v.shape), dim)
+        w = _from_rows(xp, w, tuple(v.shape), dim, out)
         norm = xp.reshape(norm, _norm_shape(tuple(v.shape), axes))
     return w, WeightNormSaved(v, tuple(g.shape), g.dtype, ga, norm, axes)
 
 
-def weight_norm_backward(dw, saved: WeightNormSaved, *, backend=None):
+def weight_norm_backward(dw, saved: WeightNormSaved, *, out=None, backend=None):
     """Gradients (dg, dv) of weight_norm from the upstream gradient dw, in the shapes and dtypes
-    of g and v."""
+    of g and v.
+
+    `out`, if given (v's shape and dtype, writable), receives dv, the gradient of the weight-sized
+    input, and is returned as it (written straight by the kernels as in the forward).
+    """
     v = saved.v
-    xp = _xp.namespace(dw, v)
+    xp = _xp.namespace(dw, v, out)
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "v", v)
     _checks.same_dtype(_NAME, "dw", dw, "v", v)
+    _checks.output(_NAME, "out", out, v)
     kernels = kernels_for(registry.OPS[_NAME], v, backend)
 
     acc = saved.norm.dtype
@@ -108,11 +116,12 @@ def weight_norm_backward(dw, saved: WeightNormSaved, *, backend=None):
         # dg per slice, still in the keepdims shape so that it broadcasts against v.
         dg = xp.sum(dwa * va, axis=saved.axes, keepdims=True) / saved.norm
         dv = xp.astype((saved.g / saved.norm) * (dwa - va * (dg / saved.norm)), v.dtype)
+        dv = _xp.deliver(xp, dv, out, tuple(v.shape))
     else:
         shape = tuple(v.shape)
         dim = _dim_of(saved.axes, len(shape))
         rows, n = _rows_shape(shape, dim)
-        dv = xp.empty((rows, n), dtype=v.dtype)
+        dv = _rows_out(xp, out, rows, n, dim, v.dtype)
         dg = xp.empty((rows,), dtype=acc)
         kernels.weight_norm_backward(
             _as_rows(xp, dw, dim),
@@ -122,7 +131,7 @@ def weight_norm_backward(dw, saved: WeightNormSaved, *, backend=None):
             dv,
             dg,
         )
-        dv = _from_rows(xp, dv, shape, dim)
+        dv = _from_rows(xp, dv, shape, dim, out)
     dg = xp.reshape(xp.astype(dg, saved.g_dtype), saved.g_shape)
     return dg, dv
 
@@ -169,12 +178,25 @@ def _as_rows(xp, a, dim):
     return _xp.as_rows(xp, a, rows, n)
 
 
-def _from_rows(xp, a2, shape, dim):
-    """The (rows, n) result of a kernel back in v's shape, C-contiguous."""
+def _rows_out(xp, out, rows, n, dim, dtype):
+    """Where a kernel writes its (rows, n) result: for dim=0 and dim=None the rows are v's own
+    C order, so a C-contiguous `out` itself; for another dim the rows are v with `dim` moved to
+    the front, which `out` cannot hold, so a new array (`_from_rows` copies it into `out`)."""
     if dim in (None, 0):
-        return xp.reshape(a2, shape)
+        return _xp.rows_buffer(xp, out, rows, n, dtype)
+    return xp.empty((rows, n), dtype=dtype)
+
+
+def _from_rows(xp, a2, shape, dim, out=None):
+    """The (rows, n) result of a kernel back in v's shape, C-contiguous, or written into `out`
+    (no copy when the kernel wrote into it already: `_rows_out`)."""
+    if dim in (None, 0):
+        return _xp.deliver(xp, a2, out, shape)
     moved = (shape[dim],) + shape[:dim] + shape[dim + 1 :]
     back = xp.moveaxis(xp.reshape(a2, moved), 0, dim)
+    if out is not None:
+        out[...] = back  # the one copy, straight from the moved layout
+        return out
     return xp.reshape(xp.reshape(back, (-1,)), shape)  # flattening copies, in C order
 
 

@@ -42,25 +42,27 @@ class WeightStandardizationSaved(NamedTuple):
     eps: float
 
 
-def weight_standardization(weight, *, eps=1e-5, backend=None):
+def weight_standardization(weight, *, eps=1e-5, out=None, backend=None):
     """w = (weight - mean) / (std + eps) per output channel, std unbiased."""
-    return weight_standardization_forward(weight, eps=eps, backend=backend)[0]
+    return weight_standardization_forward(weight, eps=eps, out=out, backend=backend)[0]
 
 
-def weight_standardization_forward(weight, *, eps=1e-5, backend=None):
+def weight_standardization_forward(weight, *, eps=1e-5, out=None, backend=None):
     """Weight standardization of `weight` (C_out, *fan_in); returns
     (w, WeightStandardizationSaved).
 
     The authors' reference implementation (joe-siyuan-qiao/WeightStandardization, PyTorch): the
     unbiased standard deviation, with eps = 1e-5 added to it. timm's StdConv2d and BiT divide by
     sqrt(biased var + eps) instead; see specs/weight_standardization.md, Conventions. The fan-in
-    must hold at least 2 values (the unbiased estimate divides by n - 1).
+    must hold at least 2 values (the unbiased estimate divides by n - 1). `out`, if given
+    (weight's shape and dtype, writable), receives w and is returned as it; the kernels write
+    straight into a C-contiguous `out`.
 
     >>> import numpy as np, normref
     >>> np.round(normref.weight_standardization(np.array([[1.0, 2.0, 3.0]])), 4)
     array([[-1.,  0.,  1.]])
     """
-    xp = _xp.namespace(weight)
+    xp = _xp.namespace(weight, out)
     _checks.floating(_NAME, "weight", weight, xp)
     _checks.min_ndim(_NAME, "weight", weight, 2, "(C_out, *fan_in)")
     eps = _checks.positive(_NAME, "eps", eps)
@@ -70,38 +72,46 @@ def weight_standardization_forward(weight, *, eps=1e-5, backend=None):
             f"{_NAME}: each output channel needs at least 2 values for the unbiased standard "
             f"deviation, got weight of shape {tuple(weight.shape)} (fan-in {n})"
         )
+    _checks.output(_NAME, "out", out, weight)
     kernels = kernels_for(registry.OPS[_NAME], weight, backend)
 
     acc = _xp.accumulation_dtype(xp, weight.dtype)
     if kernels is None:
         centred, mean, sumsq = channel_moments(xp, xp.reshape(weight, (channels, n)), acc)
         std = xp.sqrt(sumsq / (n - 1))
-        w = xp.astype(xp.reshape(centred / (std + eps), tuple(weight.shape)), weight.dtype)
+        w = xp.astype(centred / (std + eps), weight.dtype)
     else:  # the same numerics, one output channel per row (normref/kernels/*/reparam*)
-        w = xp.empty((channels, n), dtype=weight.dtype)
+        w = _xp.rows_buffer(xp, out, channels, n, weight.dtype)
         mean = xp.empty((channels,), dtype=acc)
         std = xp.empty((channels,), dtype=acc)
         kernels.weight_standardization_forward(
             _xp.as_rows(xp, weight, channels, n), eps, w, mean, std
         )
-        w = xp.reshape(w, tuple(weight.shape))
         mean, std = xp.reshape(mean, (channels, 1)), xp.reshape(std, (channels, 1))
+    w = _xp.deliver(xp, w, out, tuple(weight.shape))
     return w, WeightStandardizationSaved(weight, mean, std, eps)
 
 
-def weight_standardization_backward(dw, saved: WeightStandardizationSaved, *, backend=None):
-    """(dweight,): the gradient of weight_standardization from the upstream gradient dw."""
+def weight_standardization_backward(
+    dw, saved: WeightStandardizationSaved, *, out=None, backend=None
+):
+    """(dweight,): the gradient of weight_standardization from the upstream gradient dw.
+
+    `out`, if given (weight's shape and dtype, writable), receives dweight and is returned as it
+    (written straight by the kernels when C-contiguous).
+    """
     weight = saved.weight
-    xp = _xp.namespace(dw, weight)
+    xp = _xp.namespace(dw, weight, out)
     _checks.floating(_NAME, "dw", dw, xp)
     _checks.same_shape(_NAME, "dw", dw, "weight", weight)
     _checks.same_dtype(_NAME, "dw", dw, "weight", weight)
+    _checks.output(_NAME, "out", out, weight)
     kernels = kernels_for(registry.OPS[_NAME], weight, backend)
 
     channels, n = weight.shape[0], math.prod(weight.shape[1:])
     acc = saved.mean.dtype
     if kernels is not None:
-        dweight = xp.empty((channels, n), dtype=weight.dtype)
+        dweight = _xp.rows_buffer(xp, out, channels, n, weight.dtype)
         kernels.weight_standardization_backward(
             _xp.as_rows(xp, dw, channels, n),
             _xp.as_rows(xp, weight, channels, n),
@@ -110,7 +120,7 @@ def weight_standardization_backward(dw, saved: WeightStandardizationSaved, *, ba
             saved.eps,
             dweight,
         )
-        return (xp.reshape(dweight, tuple(weight.shape)),)
+        return (_xp.deliver(xp, dweight, out, tuple(weight.shape)),)
 
     centred = recentred(xp, xp.reshape(weight, (channels, n)), saved.mean, acc)
     denom = saved.std + saved.eps
@@ -122,7 +132,7 @@ def weight_standardization_backward(dw, saved: WeightStandardizationSaved, *, ba
     inv_std = positive / (saved.std + (1.0 - positive))  # 1 / std, and 0 where std = 0
     gy = xp.sum(g * y, axis=1, keepdims=True)
     dweight = (g - xp.mean(g, axis=1, keepdims=True)) / denom - y * gy * inv_std / (n - 1)
-    return (xp.astype(xp.reshape(dweight, tuple(weight.shape)), weight.dtype),)
+    return (_xp.deliver(xp, xp.astype(dweight, weight.dtype), out, tuple(weight.shape)),)
 
 
 # --- shared with scaled_weight_standardization ---------------------------------------------

@@ -182,6 +182,7 @@ def test_default_normalized_shape_is_the_weight_shape_or_last_dim():
         ({"normalized_shape": (4,)}, ValueError, "normalized_shape"),
         ({"backend": "gpu"}, ValueError, "unknown backend 'gpu'"),
         ({"out": np.empty((2, 3), np.float32)}, ValueError, "out must be an array of shape"),
+        ({"out": np.broadcast_to(np.empty(3), (2, 3))}, ValueError, "out must be a writable"),
     ],
 )
 def test_bad_input_is_refused_clearly(kwargs, error, match):

@@ -1,12 +1,16 @@
 """The op contract (design.md §3, §5, §9) for every registered weight reparameterization: the
 reference runs unchanged on array-api-strict and on torch tensors, calls are pure (state
-included), `vjp` equals forward then backward, and dispatch refuses what it cannot run."""
+included), `vjp` equals forward then backward, dispatch refuses what it cannot run, and `out=`
+behaves: the forward's `out` receives the reparameterized weight, the backward's the gradient of
+the weight-sized input (dv, dweight, dw), bit for bit the no-out result, and a refused `out`
+leaves everything as it was."""
 
 import array_api_strict
 import numpy as np
 import pytest
 
 import normref
+from normref.kernels.numba import reparam as numba_reparam
 from normref.registry import OPS
 
 REPARAMS = [op for op in OPS.values() if op.family == "reparameterization"]
@@ -16,10 +20,13 @@ def inputs_for(op, case_index=0, dtype=np.float64, seed=0):
     """The op's positional inputs for one of its registry cases, and its hyperparameters."""
     rng = np.random.default_rng(seed)
     case = op.cases[case_index]
-    arrays = [
-        None if case.shapes.get(name) is None else rng.normal(size=case.shapes[name]).astype(dtype)
-        for name in op.inputs
-    ]
+    arrays = []
+    for name in op.inputs:
+        shape = case.shapes.get(name)
+        # the case's own distribution where it has one (the compander's a, b must be positive)
+        mean, std = case.draw.get(name, (0.0, 1.0))
+        value = None if shape is None else (mean + std * rng.normal(size=shape)).astype(dtype)
+        arrays.append(value)
     return arrays, dict(case.hyper)
 
 
@@ -136,3 +143,123 @@ def test_every_reparameterization_is_registered_with_its_spec():
     }
     for op in REPARAMS:
         assert op.cases and op.spec == f"specs/{op.name}.md"
+
+
+# ---------------------------------------------------------------------------- out=
+
+# every case of every op, on the NumPy reference and, where the op has one, the Numba kernel
+BACKEND_CASES = [
+    (op, i, backend)
+    for op in REPARAMS
+    for i in range(len(op.cases))
+    for backend in ("reference", "numba")
+    if backend == "reference" or "numba" in op.kernels
+]
+IDS = [f"{op.name}-{i}-{backend}" for op, i, backend in BACKEND_CASES]
+
+
+def _case(op, case_index, seed=0):
+    arrays, hyper = inputs_for(op, case_index, np.float32, seed)
+    dy = upstream(op, arrays, hyper, seed + 1, np.float32)
+    return arrays, hyper, dy
+
+
+def _main(op):
+    """Where the backward's `out` goes: the gradient of the weight-sized input (v for
+    weight_norm, whose first input is the magnitude g; the first input elsewhere)."""
+    return op.differentiable.index("v" if op.name == "weight_norm" else op.inputs[0])
+
+
+def _outs(like):
+    """A C-contiguous buffer and a strided one (a transposed view) of like's shape and dtype."""
+    return np.full_like(like, 7.0), np.full(like.shape[::-1], 7.0, like.dtype).T
+
+
+@pytest.mark.parametrize("op, case_index, backend", BACKEND_CASES, ids=IDS)
+def test_out_equals_the_result_bitwise_and_is_returned(op, case_index, backend):
+    arrays, hyper, dy = _case(op, case_index)
+    outputs, grads = run(op, arrays, hyper, dy, backend=backend)
+    for out in _outs(outputs[0]):
+        *got, saved = op.forward(*arrays, **hyper, out=out, backend=backend)
+        assert got[0] is out
+        np.testing.assert_array_equal(out, outputs[0])
+        for mine, theirs in zip(got[1:], outputs[1:]):  # spectral_norm's new u, v
+            np.testing.assert_array_equal(mine, theirs)
+        result = op.function(*arrays, **hyper, out=out, backend=backend)
+        assert (result[0] if len(op.outputs) > 1 else result) is out
+        np.testing.assert_array_equal(out, outputs[0])
+    main = _main(op)
+    for out in _outs(grads[main]):
+        got = op.backward(dy, saved, out=out, backend=backend)
+        assert got[main] is out
+        for mine, theirs in zip(got, grads):
+            assert (mine is None) == (theirs is None)
+            if mine is not None:
+                np.testing.assert_array_equal(mine, theirs)
+
+
+def _bad_outs(like):
+    frozen = np.full_like(like, 7.0)
+    frozen.flags.writeable = False
+    return {
+        "shape": np.full(like.shape + (1,), 7.0, like.dtype),
+        "dtype": np.full(like.shape, 7.0, np.float64 if like.dtype != np.float64 else np.float32),
+        "read-only": frozen,
+    }
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "read-only"])
+@pytest.mark.parametrize("op, case_index, backend", BACKEND_CASES, ids=IDS)
+def test_a_refused_out_leaves_out_and_inputs_untouched(op, case_index, backend, bad):
+    arrays, hyper, dy = _case(op, case_index)
+    copies = [None if a is None else a.copy() for a in arrays]
+    w, *_, saved = op.forward(*arrays, **hyper, backend=backend)
+    match = "out must be " + ("a writable array" if bad == "read-only" else "an array of shape")
+    out = _bad_outs(w)[bad]
+    with pytest.raises(ValueError, match=f"{op.name}: {match}"):
+        op.forward(*arrays, **hyper, out=out, backend=backend)
+    np.testing.assert_array_equal(out, 7.0)
+    dy_copy = dy.copy()
+    out = _bad_outs(w)[bad]
+    with pytest.raises(ValueError, match=f"{op.name}: {match}"):
+        op.backward(dy, saved, out=out, backend=backend)
+    np.testing.assert_array_equal(out, 7.0)
+    np.testing.assert_array_equal(dy, dy_copy)
+    for a, c in zip(arrays, copies):
+        if a is not None:
+            np.testing.assert_array_equal(a, c)
+
+
+# (op, kernel function, the position of the argument it writes the main result into)
+KERNEL_WRITES = [
+    ("weight_norm", "weight_norm_forward", 2),
+    ("weight_norm", "weight_norm_backward", 4),
+    ("weight_standardization", "weight_standardization_forward", 2),
+    ("weight_standardization", "weight_standardization_backward", 5),
+]
+
+
+@pytest.mark.parametrize("name, kernel, position", KERNEL_WRITES)
+def test_numba_kernels_write_straight_into_a_contiguous_out(monkeypatch, name, kernel, position):
+    """The point of out= is to skip the allocation and the copy: the kernel is handed `out`'s own
+    memory (for weight_norm: dim=0 and dim=None, whose rows are v's C order)."""
+    (op,) = [op for op in REPARAMS if op.name == name]
+    written = []
+    real = getattr(numba_reparam, kernel)
+
+    def spy(*args):
+        written.append(args[position])
+        real(*args)
+
+    monkeypatch.setattr(numba_reparam, kernel, spy)
+    for index, case in enumerate(op.cases):
+        if case.hyper.get("dim", 0) not in (0, None):
+            continue
+        arrays, hyper, dy = _case(op, index)
+        out = np.empty_like(arrays[-1] if name == "weight_norm" else arrays[0])
+        written.clear()
+        *_, saved = op.forward(*arrays, **hyper, out=out, backend="numba")
+        if kernel.endswith("backward"):
+            op.backward(dy, saved, out=out, backend="numba")
+        (buffer,) = written
+        assert buffer.base is out and buffer.ctypes.data == out.ctypes.data

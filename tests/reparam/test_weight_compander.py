@@ -122,3 +122,16 @@ def test_nan_propagates_elementwise():
 def test_bad_input_is_refused_clearly(v, a, b, error, match):
     with pytest.raises(error, match=match):
         weight_compander(v, a, b)
+
+
+def test_golden_cases_with_learnable_a_b_draw_them_positive():
+    """The registry draws learnable a, b near 1 (the compander needs a, b > 0, which the generic
+    draw does not keep): every shipped case that has them, in every dtype, has them positive."""
+    from normref.golden import load_cases
+
+    cases = [(c, arrays) for c, arrays in load_cases() if c.op == "weight_compander"]
+    learnable = [(c, arrays) for c, arrays in cases if "a" in c.inputs and "b" in c.inputs]
+    assert {c.dtype for c, _ in learnable} == {"float64", "float32", "float16"}
+    for case, arrays in learnable:
+        assert np.all(arrays["input.a"] > 0) and np.all(arrays["input.b"] > 0), case.id
+        assert "grad.a" in arrays and "grad.b" in arrays, case.id

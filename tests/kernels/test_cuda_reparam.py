@@ -32,6 +32,9 @@ EPS = 1e-5
 # 1, 2, 4 and 8 values per thread (33, 100, 1500, 5000), rows longer than the block (1500 > 512
 # threads, 5000 > 1024) and the long-row kernel (9001 > 8 * 1024; float64 from 5000 > 4 * 1024).
 SHAPES = ((3, 1), (4, 2), (3, 5), (3, 31), (9, 33), (5, 100), (3, 1500), (2, 5000), (2, 9001))
+# One row past WHOLE_MIN_N (8192): weight_norm's many-block kernels (dim=None). 2, 3 and 5 chunks
+# of 4096, the last one full (12288) or holding a single value (8193, 12289).
+WHOLE_SHAPES = ((1, 8193), (1, 12288), (1, 12289), (1, 20000))
 
 needs_compiler = pytest.mark.skipif(
     emulator.compiler() is None, reason=f"no C++ compiler ({emulator.CXX}) to build the emulator"
@@ -182,6 +185,31 @@ def test_weight_norm(kernels, runtime, shape, dtype):
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", WHOLE_SHAPES, ids=_ids)
+def test_weight_norm_of_one_long_row_runs_on_many_blocks(kernels, runtime, shape, dtype):
+    """dim=None's single row: per-chunk partial sums, one block combining them, an elementwise
+    pass (weight_norm.cu), against the same reference as the row kernels."""
+    rows, n = shape
+    inputs = make_inputs(np.random.default_rng([rows, n, 2]), rows, n, dtype)
+    runtime.launched.clear()
+    got = run_weight_norm(kernels, np, inputs)
+    assert_close(got, reference_weight_norm(inputs), dtype, f"weight_norm {shape}")
+    expected = [
+        reparam_launch.whole_config(k, n, dtype).kernel
+        for k in (
+            "weight_norm_partial",
+            "weight_norm_fwd_combine",
+            "weight_norm_fwd_apply",
+            "weight_norm_partial",
+            "weight_norm_bwd_combine",
+            "weight_norm_bwd_apply",
+        )
+    ]
+    assert runtime.launched == expected
+
+
+@needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", [s for s in SHAPES if s[1] >= 2], ids=_ids)
 def test_weight_standardization(kernels, runtime, shape, dtype):
     rows, n = shape
@@ -226,6 +254,24 @@ def test_special_rows(kernels, shape, dtype):
 
 
 @needs_compiler
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_special_values_in_one_long_row(kernels, dtype):
+    """The many-block path keeps the row kernels' special values: a zero row has no direction
+    (NaN w, dv, dg), and a NaN anywhere in the row reaches all of it through the sum."""
+    n = reparam_launch.WHOLE_MIN_N + 1
+    for place in ("zero", "nan"):
+        inputs = make_inputs(np.random.default_rng([n, 6]), 1, n, dtype)
+        if place == "zero":
+            inputs["v"][:] = 0
+        else:
+            inputs["v"][0, n - 1] = np.nan  # in the last chunk, which holds this value only
+        got = run_weight_norm(kernels, np, inputs)
+        assert_close(got, reference_weight_norm(inputs), dtype, f"weight_norm {place} row")
+        assert np.isnan(got["w"]).all() and np.isnan(got["dv"]).all() and np.isnan(got["dg"]).all()
+        assert (got["norm"] == 0).all() if place == "zero" else np.isnan(got["norm"]).all()
+
+
+@needs_compiler
 @pytest.mark.parametrize("shape", [(4, 37), (3, 1500), (2, 9001)], ids=_ids)
 def test_large_offset_float32(kernels, shape):
     """mean 1e4, std 1e-3 in float32 (design.md §6): the shifted forward and the re-centred
@@ -239,8 +285,9 @@ def test_large_offset_float32(kernels, shape):
 
 
 @needs_compiler
-def test_deterministic(kernels):
-    inputs = make_inputs(np.random.default_rng(5), 7, 1500, np.float32)
+@pytest.mark.parametrize("shape", [(7, 1500), WHOLE_SHAPES[2]], ids=_ids)
+def test_deterministic(kernels, shape):
+    inputs = make_inputs(np.random.default_rng(5), *shape, np.float32)
     for run in (run_weight_norm, run_weight_standardization):
         first, second = run(kernels, np, inputs), run(kernels, np, inputs)
         for name, value in first.items():
@@ -248,7 +295,7 @@ def test_deterministic(kernels):
 
 
 @needs_compiler
-@pytest.mark.parametrize("shape", [(3, 1500), (2, 5000)], ids=_ids)
+@pytest.mark.parametrize("shape", [(3, 1500), (2, 5000), WHOLE_SHAPES[2]], ids=_ids)
 def test_no_barrier_races(runtime, kernels, shape):
     """With warps leaving every __syncthreads out of step (emulator jitter, up to 3 ms), the
     results stay bit-identical: a missing barrier would let a fast warp overwrite block_sum's
@@ -295,6 +342,33 @@ def test_launch_geometry(kernel, dtype):
         reparam_launch.launch_config("layer_norm_fwd", 1, 1, dtype)
     with pytest.raises(ValueError, match="unknown kernel source"):
         reparam_launch.kernel_names("layer_norm", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_whole_row_geometry(dtype):
+    """One row past WHOLE_MIN_N takes the many-block kernels, any other shape the row kernels.
+    The partial and apply grids cover the row in chunks of WHOLE_CHUNK with no empty chunk, the
+    combine block has a warp multiple of threads; every name is compiled."""
+    names = reparam_launch.kernel_names("weight_norm", dtype)
+    limit = reparam_launch.WHOLE_MIN_N
+    assert not reparam_launch.whole_row(1, limit) and reparam_launch.whole_row(1, limit + 1)
+    assert not reparam_launch.whole_row(2, 10**6)
+    chunk = reparam_launch.WHOLE_CHUNK
+    for n in [limit + 1, 3 * chunk, 3 * chunk + 1, 10**6, 2**31 - 1]:
+        for kernel in reparam_launch.WHOLE_KERNELS:
+            config = reparam_launch.whole_config(kernel, n, dtype)
+            assert config.kernel in names and config.chunks == -(-n // chunk)
+            assert (config.chunks - 1) * chunk < n <= config.chunks * chunk
+            threads = config.block[0]
+            assert threads % 32 == 0 and threads <= launch.MAX_THREADS
+            if kernel.endswith("_combine"):
+                assert config.grid == (1, 1, 1)
+                assert threads >= min(config.chunks, launch.MAX_THREADS)
+            else:
+                assert config.grid == (config.chunks, 1, 1)
+                assert threads == reparam_launch.WHOLE_THREADS
+    with pytest.raises(ValueError, match="unknown kernel"):
+        reparam_launch.whole_config("weight_norm_fwd", 10**5, dtype)
 
 
 class _Unused:

@@ -18,6 +18,12 @@ registers up to 8 values a thread, 4 for float64, a long-row kernel beyond), the
 explicit NumPy scalar types, the `Runtime` interface that lets the CPU emulator run this module's
 own launch sequence (`bind`), and the CuPy RawModule cache. Every output of a row depends on that
 row alone, so there is no cross-row sum: one launch per call, deterministic by construction.
+
+One exception: weight_norm with one row longer than WHOLE_MIN_N (dim=None, one norm over the
+whole tensor) would run as one block on one SM. It runs as three launches instead (weight_norm.cu,
+"one long row, many blocks"): per-chunk partial sums of WHOLE_CHUNK values, one block adding them
+in chunk order, then an elementwise pass over the row; the chunking depends on n alone, so this
+too gives the same bits run after run.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ __all__ = [
     "weight_norm_forward",
     "weight_standardization_backward",
     "weight_standardization_forward",
+    "whole_config",
+    "whole_row",
 ]
 
 SOURCES = {"weight_norm": "weight_norm.cu", "weight_standardization": "weight_standardization.cu"}
@@ -53,6 +61,19 @@ ROW_KERNELS = {
     "weight_std_fwd": "weight_standardization",
     "weight_std_bwd": "weight_standardization",
 }
+# weight_norm's kernels for one long row (`whole_row`); their configs come from `whole_config`
+WHOLE_KERNELS = (
+    "weight_norm_partial",
+    "weight_norm_fwd_combine",
+    "weight_norm_bwd_combine",
+    "weight_norm_fwd_apply",
+    "weight_norm_bwd_apply",
+)
+WHOLE_THREADS = 256  # kWholeThreads in weight_norm.cu: the partial and apply blocks
+WHOLE_CHUNK = 4096  # values per block of the partial and apply kernels (16 a thread)
+# A single row longer than the register-cached kernels hold (8 values x 1024 threads) goes to the
+# many-block kernels; a shorter one is quicker as one launch of one block.
+WHOLE_MIN_N = 8 * _launch.MAX_THREADS
 
 
 def values_per_thread(dtype: Any) -> tuple[int, ...]:
@@ -83,6 +104,26 @@ def launch_config(kernel: str, rows: int, n: int, dtype: Any) -> LaunchConfig:
     return LaunchConfig(name, (rows, 1, 1), (threads, 1, 1))
 
 
+def whole_row(rows: int, n: int) -> bool:
+    """Whether weight_norm runs on the many-block kernels: one row (dim=None, or a 1-row v) longer
+    than WHOLE_MIN_N."""
+    return rows == 1 and n > WHOLE_MIN_N
+
+
+def whole_config(kernel: str, n: int, dtype: Any) -> LaunchConfig:
+    """Kernel name, grid and block of one launch of the one-long-row weight_norm kernels; a pure
+    function of n and dtype, so their sums have one fixed order. `chunks` is the number of
+    partial sums, which the partial kernel writes and the combine kernels read."""
+    if kernel not in WHOLE_KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {', '.join(WHOLE_KERNELS)}")
+    chunks = -(-n // WHOLE_CHUNK)
+    name = _launch._name(kernel, dtype)
+    if kernel.endswith("_combine"):  # one block, a power of two of 32 to 1024 threads
+        threads = min(_launch.MAX_THREADS, max(_launch.WARP, 1 << (chunks - 1).bit_length()))
+        return LaunchConfig(name, (1, 1, 1), (threads, 1, 1), chunks)
+    return LaunchConfig(name, (chunks, 1, 1), (WHOLE_THREADS, 1, 1), chunks)
+
+
 def kernel_names(source: str, dtype: Any) -> tuple[str, ...]:
     """Every name expression `launch_config` can return for `source` and `dtype`: what the module
     of that dtype is compiled with."""
@@ -92,6 +133,8 @@ def kernel_names(source: str, dtype: Any) -> tuple[str, ...]:
     for kernel in (k for k, s in ROW_KERNELS.items() if s == source):
         names += [_launch._name(kernel, dtype, vpt) for vpt in values_per_thread(dtype)]
         names.append(_launch._name(kernel + "_long", dtype))
+    if source == "weight_norm":
+        names += [_launch._name(kernel, dtype) for kernel in WHOLE_KERNELS]
     return tuple(names)
 
 
@@ -114,8 +157,15 @@ def _required(**arrays: Any) -> None:
 
 def _weight_norm_forward(rt: Runtime, v, g, w, norm) -> None:
     _required(g=g, norm=norm)
-    rows, n, _ = _launch._checked(v, (w,), (g, norm))
+    rows, n, acc = _launch._checked(v, (w,), (g, norm))
     if rows == 0:
+        return
+    if whole_row(rows, n):
+        partial = _whole_partial(rt, v, None, n, acc)
+        combine = whole_config("weight_norm_fwd_combine", n, v.dtype)
+        rt.launch("weight_norm", v.dtype, combine, (partial, np.int32(combine.chunks), norm))
+        config = whole_config("weight_norm_fwd_apply", n, v.dtype)
+        rt.launch("weight_norm", v.dtype, config, (v, g, norm, w, np.int32(n)))
         return
     config = launch_config("weight_norm_fwd", rows, n, v.dtype)
     rt.launch("weight_norm", v.dtype, config, (v, g, w, norm, np.int32(n)))
@@ -123,11 +173,29 @@ def _weight_norm_forward(rt: Runtime, v, g, w, norm) -> None:
 
 def _weight_norm_backward(rt: Runtime, dw, v, g, norm, dv, dg) -> None:
     _required(g=g, norm=norm, dg=dg)
-    rows, n, _ = _launch._checked(v, (dw, dv), (g, norm, dg))
+    rows, n, acc = _launch._checked(v, (dw, dv), (g, norm, dg))
     if rows == 0:
+        return
+    if whole_row(rows, n):
+        partial = _whole_partial(rt, dw, v, n, acc)
+        combine = whole_config("weight_norm_bwd_combine", n, v.dtype)
+        args = (partial, np.int32(combine.chunks), norm, dg)
+        rt.launch("weight_norm", v.dtype, combine, args)
+        config = whole_config("weight_norm_bwd_apply", n, v.dtype)
+        rt.launch("weight_norm", v.dtype, config, (dw, v, g, norm, dg, dv, np.int32(n)))
         return
     config = launch_config("weight_norm_bwd", rows, n, v.dtype)
     rt.launch("weight_norm", v.dtype, config, (dw, v, g, norm, dv, dg, np.int32(n)))
+
+
+def _whole_partial(rt: Runtime, a, b, n: int, acc) -> Any:
+    """Per-chunk partial sums of a * b over one long row (b None: a^2), in a new (chunks,)
+    accumulation-dtype array."""
+    config = whole_config("weight_norm_partial", n, a.dtype)
+    partial = rt.empty((config.chunks,), acc)
+    args = (a, b, partial, np.int32(n), np.int32(WHOLE_CHUNK))
+    rt.launch("weight_norm", a.dtype, config, args)
+    return partial
 
 
 def _weight_standardization_forward(rt: Runtime, weight, eps, w, mean, std) -> None:

@@ -9,6 +9,9 @@
 //   *_fwd_long / *_bwd_long <T, Acc>: longer rows; the second pass reads global memory again.
 // Thread t owns elements t, t + blockDim.x, ... (coalesced). reparam_launch.py: launch_config picks
 // the kernel and block size (blockDim.x a multiple of 32). No thread returns before a block_sum.
+//
+// One long row (dim=None: one norm over the whole tensor) would leave all but one SM idle; it goes
+// to the whole-tensor kernels at the bottom instead, many blocks and a deterministic two-pass sum.
 #include "reduce.cuh"
 
 namespace normref {
@@ -132,6 +135,86 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         dvr[j] = Store<T>::from(a * (to_acc(dwr[j]) - to_acc(vr[j]) * b));
     }
     if (tid == 0) dg[row] = dgr;
+}
+
+// ---- one long row, many blocks (dim=None) --------------------------------------------------------
+// reparam_launch.py sends a single row longer than one block's register-cached kernel holds here,
+// as three launches, each sum in an order fixed by n alone (launch_config derives the chunk size,
+// the grids and the blocks from n), with no atomics: same input, same bits.
+//   1. weight_norm_partial: block c sums a[j] * b[j] over its chunk [c * chunk, (c + 1) * chunk)
+//      of the row (b = nullptr: a[j]^2), thread-strided, then block_sum: partial[c].
+//   2. weight_norm_{fwd,bwd}_combine: one block adds partial[0 .. chunks) the same way and writes
+//      norm = sqrt(sum) (forward) or dg = sum / norm (backward).
+//   3. weight_norm_{fwd,bwd}_apply: elementwise over the row, grid-stride, with the row kernels'
+//      expressions: w = v * (g / norm), dv = (g / norm) * (dw - v * (dg / norm)).
+// The apply pass reads v (and dw) a second time: a grid-wide barrier between the sum and its use
+// would need a cooperative launch, and the row is too long for one block's registers anyway.
+constexpr int kWholeThreads = 256;  // blockDim.x of the partial and apply kernels (WHOLE_THREADS)
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kWholeThreads)
+    weight_norm_partial(const T* __restrict__ a, const T* __restrict__ b, Acc* __restrict__ partial,
+                        int n, int chunk) {
+    const long long begin = static_cast<long long>(blockIdx.x) * chunk;
+    const long long end = n - begin < chunk ? n : begin + chunk;
+    Acc s[1] = {Acc(0)};
+    for (long long j = begin + threadIdx.x; j < end; j += blockDim.x) {
+        const Acc x = to_acc(a[j]);
+        s[0] += x * (b != nullptr ? to_acc(b[j]) : x);
+    }
+    block_sum(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
+}
+
+// The sum of the chunks' partial sums, by one block (every thread must reach the block_sum).
+template <typename Acc>
+__device__ __forceinline__ Acc sum_partials(const Acc* __restrict__ partial, int chunks) {
+    Acc s[1] = {Acc(0)};
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) s[0] += partial[c];
+    block_sum(s);
+    return s[0];
+}
+
+// T is unused: every kernel of a dtype's module is named <T, Acc> (reparam_launch.py).
+template <typename T, typename Acc>
+__global__ void weight_norm_fwd_combine(const Acc* __restrict__ partial, int chunks,
+                                        Acc* __restrict__ norm) {
+    const Acc s = sum_partials(partial, chunks);
+    if (threadIdx.x == 0) norm[0] = acc_sqrt(s);
+}
+
+template <typename T, typename Acc>
+__global__ void weight_norm_bwd_combine(const Acc* __restrict__ partial, int chunks,
+                                        const Acc* __restrict__ norm, Acc* __restrict__ dg) {
+    const Acc s = sum_partials(partial, chunks);
+    if (threadIdx.x == 0) dg[0] = s / norm[0];
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kWholeThreads)
+    weight_norm_fwd_apply(const T* __restrict__ v, const Acc* __restrict__ g,
+                          const Acc* __restrict__ norm, T* __restrict__ w, int n) {
+    const Acc scale = g[0] / norm[0];
+    const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long j = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+         j += step) {
+        w[j] = Store<T>::from(to_acc(v[j]) * scale);
+    }
+}
+
+template <typename T, typename Acc>
+__global__ void __launch_bounds__(kWholeThreads)
+    weight_norm_bwd_apply(const T* __restrict__ dw, const T* __restrict__ v,
+                          const Acc* __restrict__ g, const Acc* __restrict__ norm,
+                          const Acc* __restrict__ dg, T* __restrict__ dv, int n) {
+    const Acc nrm = norm[0];
+    const Acc a = g[0] / nrm;
+    const Acc b = dg[0] / nrm;
+    const long long step = static_cast<long long>(gridDim.x) * blockDim.x;
+    for (long long j = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
+         j += step) {
+        dv[j] = Store<T>::from(a * (to_acc(dw[j]) - to_acc(v[j]) * b));
+    }
 }
 
 }  // namespace normref

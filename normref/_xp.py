@@ -15,6 +15,8 @@ import array_api_compat
 import numpy as np
 from array_api_compat import numpy as _compat_numpy
 
+from normref import _buffers
+
 __all__ = [
     "namespace",
     "accumulation_dtype",
@@ -95,9 +97,12 @@ def param_vector(xp: Any, param: Any, acc: Any) -> Any:
 
 def rows_buffer(xp: Any, out: Any, rows: int, n: int, dtype: Any) -> Any:
     """Where a kernel writes a (rows, n) result: the caller's `out` itself when it is C-contiguous
-    (the whole point of `out=` is to skip the allocation), else a new array."""
+    (the whole point of `out=` is to skip the allocation), else a new array; for NumPy, one whose
+    memory is reused from outputs the caller has dropped (normref/_buffers.py)."""
     if out is not None and out.flags.c_contiguous:
         return reshape(xp, out, (rows, n))
+    if xp is _compat_numpy:
+        return _buffers.empty((rows, n), dtype)
     return xp.empty((rows, n), dtype=dtype)
 
 

@@ -69,7 +69,9 @@ def _row_note(row: Any) -> str:
         return row.diagnosis or (row.messages[0] if row.messages else "")
     if row.verdict == NOT_PROVIDED or row.verdict == "UNAVAILABLE":
         return row.messages[0] if row.messages else ""
-    notes = []
+    notes = (
+        ["float64 passes; a lower precision is off by rounding"] if row.verdict == PRECISION else []
+    )
     if row.not_provided:
         notes.append(f"{row.not_provided} case(s) not provided")
     if row.checked == "forward":

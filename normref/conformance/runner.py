@@ -526,7 +526,11 @@ def _rows(results: Sequence[CaseResult]) -> list[Row]:
         # a failure is told per case; an unavailable or absent case once per reason
         messages = list(
             dict.fromkeys(
-                r.message if r.verdict in (UNAVAILABLE, NOT_PROVIDED) else f"{r.id}: {r.message}"
+                r.message
+                if r.verdict == UNAVAILABLE
+                else f"not provided: {r.message}"
+                if r.verdict == NOT_PROVIDED
+                else f"{r.id}: {r.message}"
                 for r in group
                 if r.verdict != PASS and r.message
             )

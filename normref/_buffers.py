@@ -18,6 +18,7 @@ memory beyond that is released as usual. `release()` empties it.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any
 
@@ -56,7 +57,7 @@ class _Block:
 def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     """An uninitialised C-contiguous NumPy array, from the free list when one fits."""
     dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    nbytes = dtype.itemsize * math.prod(shape)
     if nbytes < MIN_BYTES or dtype.hasobject:
         return np.empty(shape, dtype=dtype)
     raw = _take(nbytes)

@@ -113,10 +113,14 @@ def test_out_receives_the_result_contiguous_or_strided(op, backend):
     x = arrays[0]
     dy = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
     y, grads = run(op, arrays, hyper, dy, backend=backend)
-    for out in (np.empty_like(x), np.empty(x.shape[::-1], np.float32).T):
+    # its own memory; strided; a contiguous view into a larger buffer whose rest stays as it was
+    larger = np.full((3 * x.size,), 7.0, np.float32)
+    window = larger[x.size : 2 * x.size].reshape(x.shape)
+    for out in (np.empty_like(x), np.empty(x.shape[::-1], np.float32).T, window):
         got, *_, saved = op.forward(*arrays, **hyper, out=out, backend=backend)
         assert got is out
         np.testing.assert_array_equal(out, y)
+    assert np.all(larger[: x.size] == 7.0) and np.all(larger[2 * x.size :] == 7.0)
     dx_out = np.empty_like(x)
     assert op.backward(dy, saved, out=dx_out, backend=backend)[0] is dx_out
     np.testing.assert_array_equal(dx_out, grads[0])

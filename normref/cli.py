@@ -11,9 +11,9 @@
         write every case as plain .npy files with a JSON manifest (specs/golden-format.md)
 
 Exit status: 0 when everything the target provides passed (PRECISION rows, where float64 passes
-and only lower precisions are off by rounding, pass unless --strict), 1 on any failure, 2 for a
-usage error (an unknown option, a target that cannot be imported or is no adapter, a pattern
-matching nothing).
+and only lower precisions are off by rounding, pass unless --strict; the target normref is always
+strict), 1 on any failure, 2 for a usage error (an unknown option, a target that cannot be
+imported or is no adapter, a pattern matching nothing).
 Heavy imports (rich, the runner, torch, the generator) happen inside the command that needs them,
 so `--help` stays instant.
 """
@@ -196,7 +196,7 @@ def _verify(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 notes=target.notes,
                 target=target.label,
                 trajectories=target.optimizers,
-                strict=args.strict,
+                strict=args.strict or target.strict,
                 progress=progress,
             )
     except GoldenError as e:

@@ -8,7 +8,8 @@ the same as the Numba module's (normref/kernels/numba/channel_norms.py, whose do
 float16 x); weight, bias, dweight, dbias may be None.
 
 Built like launch.py (LayerNorm, RMSNorm), whose docstring explains the choices; this module
-reuses its LaunchConfig, dtype table and source inlining, and has its own sources and geometry:
+reuses its LaunchConfig, dtype table, source inlining and CuPy runtime, and has its own sources
+and geometry:
 
 - The launch geometry is one pure function, `launch_config`, which the CPU emulator of the tests
   calls too, and each op's sequence of launches is written once against the ``launch`` + ``empty``
@@ -24,6 +25,7 @@ reuses its LaunchConfig, dtype table and source inlining, and has its own source
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -272,34 +274,10 @@ def bind(runtime: Any) -> SimpleNamespace:
 # ---- CuPy ---------------------------------------------------------------------------------------
 
 
-class _CupyRuntime(_launch._CupyRuntime):
-    """launch.py's runtime (one module per source, dtype and device; launches on the current
-    stream), compiling this module's sources."""
-
-    def _function(self, source: str, dtype: Any, name: str) -> Any:
-        key = (source, np.dtype(dtype).name, self._cupy.cuda.runtime.getDevice())
-        function = self._functions.get(key + (name,))
-        if function is None:
-            with self._lock:
-                module = self._modules.get(key)
-                if module is None:
-                    module = self._modules[key] = self._cupy.RawModule(
-                        code=module_source(source),
-                        options=_launch.COMPILE_OPTIONS,
-                        name_expressions=kernel_names(source, dtype),
-                    )
-                function = self._functions[key + (name,)] = module.get_function(name)
-        return function
-
-
-_cupy_runtime: _CupyRuntime | None = None
-
-
-def _runtime() -> _CupyRuntime:
-    global _cupy_runtime
-    if _cupy_runtime is None:
-        _cupy_runtime = _CupyRuntime()
-    return _cupy_runtime
+@functools.cache
+def _runtime() -> _launch._CupyRuntime:
+    """launch.py's CuPy runtime compiling this module's sources, made on the first launch."""
+    return _launch._CupyRuntime(module_source, kernel_names)
 
 
 def batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq) -> None:

@@ -12,9 +12,9 @@
 
 namespace normref {
 
-// Shifted two-pass: K = the row's first value, mean_d = sum(x - K) / n,
-// rstd = 1 / sqrt(sum((x - K - mean_d)^2) / n + eps), y = ((x - K) - mean_d) * rstd * w + b,
-// mean = K + mean_d. weight, bias: nullptr for 1 and 0.
+// Shifted two-pass (reduce.cuh: shifted_moments): K = the row's first value,
+// mean_d = sum(x - K) / n, rstd = 1 / sqrt(sum((x - K - mean_d)^2) / n + eps),
+// y = ((x - K) - mean_d) * rstd * w + b, mean = K + mean_d. weight, bias: nullptr for 1 and 0.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     group_norm_fwd(const T* __restrict__ x, const Acc* __restrict__ weight,
@@ -27,30 +27,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int first_channel = static_cast<int>(row % groups) * cg;
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
-    const Acc shift = to_acc(xr[0]);
 
-    Acc t[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) t[0] += to_acc(xr[j]) - shift;
-    block_sum(t);
-    const Acc mean_d = t[0] / n;
-
-    Acc q[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) {
-        const Acc d = (to_acc(xr[j]) - shift) - mean_d;
-        q[0] += d * d;
-    }
-    block_sum(q);
-    const Acc r = inv_sqrt(q[0] / n + eps);
+    const Moments<Acc> m = shifted_moments<Acc>(xr, n);
+    const Acc r = inv_sqrt(m.sq / n + eps);
 
     for (int j = tid; j < n; j += stride) {
         const int ch = first_channel + j / s;
-        Acc v = ((to_acc(xr[j]) - shift) - mean_d) * r;
+        Acc v = ((to_acc(xr[j]) - m.shift) - m.mean_d) * r;
         if (weight != nullptr) v *= weight[ch];
         if (bias != nullptr) v += bias[ch];
         yr[j] = Store<T>::from(v);
     }
     if (tid == 0) {
-        mean[row] = shift + mean_d;
+        mean[row] = m.shift + m.mean_d;
         rstd[row] = r;
     }
 }

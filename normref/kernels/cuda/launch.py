@@ -24,9 +24,11 @@ How this module is put together, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple, Protocol
@@ -289,12 +291,25 @@ def bind(runtime: Runtime) -> SimpleNamespace:
 
 
 class _CupyRuntime:
-    """Compiles each (source, dtype, device) module once and launches on the current stream."""
+    """Compiles each (source, dtype, device) module once and launches on the current stream.
 
-    def __init__(self) -> None:
+    Every launcher module (channel_launch, reparam_launch, optim_launch) uses this class; they
+    differ only in what is compiled: `module_source(source)`, the text of a source, and
+    `kernel_names(source, dtype)`, its instantiations for a dtype (by default this module's own),
+    compiled with `options`.
+    """
+
+    def __init__(
+        self,
+        module_source: Callable[[str], str] = module_source,
+        kernel_names: Callable[[str, Any], tuple[str, ...]] = kernel_names,
+        options: tuple[str, ...] = COMPILE_OPTIONS,
+    ) -> None:
         import cupy  # the one place CuPy is imported
 
         self._cupy = cupy
+        self._module_source, self._kernel_names = module_source, kernel_names
+        self._options = options
         self._functions: dict[tuple[str, str, int, str], Any] = {}
         self._modules: dict[tuple[str, str, int], Any] = {}
         self._lock = threading.Lock()
@@ -310,9 +325,9 @@ class _CupyRuntime:
                 module = self._modules.get(key)
                 if module is None:
                     module = self._modules[key] = self._cupy.RawModule(
-                        code=module_source(source),
-                        options=COMPILE_OPTIONS,
-                        name_expressions=kernel_names(source, dtype),
+                        code=self._module_source(source),
+                        options=self._options,
+                        name_expressions=self._kernel_names(source, dtype),
                     )
                 function = self._functions[key + (name,)] = module.get_function(name)
         return function
@@ -322,14 +337,10 @@ class _CupyRuntime:
             self._function(source, dtype, config.kernel)(config.grid, config.block, args)
 
 
-_cupy_runtime: _CupyRuntime | None = None
-
-
+@functools.cache
 def _runtime() -> _CupyRuntime:
-    global _cupy_runtime
-    if _cupy_runtime is None:
-        _cupy_runtime = _CupyRuntime()
-    return _cupy_runtime
+    """Made on the first launch, so that importing this module does not import CuPy."""
+    return _CupyRuntime()
 
 
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd) -> None:

@@ -12,7 +12,7 @@
 
 namespace normref {
 
-// Shifted two-pass forward with the row in registers:
+// Shifted two-pass forward with the row in registers (reduce.cuh: shifted_moments):
 //   K = x[0], d = x - K, mean_d = sum(d) / n, var = sum((d - mean_d)^2) / n,
 //   rstd = 1 / sqrt(var + eps), y = (d - mean_d) * rstd * weight + bias, mean = K + mean_d.
 // Subtracting K first keeps float32 exact for rows with a large offset, and a constant row gives
@@ -27,40 +27,23 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     T* yr = y + row * n;
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
-    const Acc shift = to_acc(xr[0]);
 
     Acc d[VPT];
-    Acc s[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int j = tid + i * stride;
-        d[i] = j < n ? to_acc(xr[j]) - shift : Acc(0);
-        s[0] += d[i];
-    }
-    block_sum(s);
-    const Acc mean_d = s[0] / n;
-
-    Acc q[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const Acc c = d[i] - mean_d;
-        if (tid + i * stride < n) q[0] += c * c;  // padding slots hold 0, not mean_d: skip them
-    }
-    block_sum(q);
-    const Acc r = inv_sqrt(q[0] / n + eps);
+    const Moments<Acc> m = shifted_moments(xr, n, d);
+    const Acc r = inv_sqrt(m.sq / n + eps);
 
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int j = tid + i * stride;
         if (j < n) {
-            Acc v = (d[i] - mean_d) * r;
+            Acc v = (d[i] - m.mean_d) * r;
             if (weight != nullptr) v *= weight[j];
             if (bias != nullptr) v += bias[j];
             yr[j] = Store<T>::from(v);
         }
     }
     if (tid == 0) {
-        mean[row] = shift + mean_d;
+        mean[row] = m.shift + m.mean_d;
         rstd[row] = r;
     }
 }
@@ -76,29 +59,18 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     T* yr = y + row * n;
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
-    const Acc shift = to_acc(xr[0]);
 
-    Acc s[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) s[0] += to_acc(xr[j]) - shift;
-    block_sum(s);
-    const Acc mean_d = s[0] / n;
-
-    Acc q[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) {
-        const Acc c = (to_acc(xr[j]) - shift) - mean_d;
-        q[0] += c * c;
-    }
-    block_sum(q);
-    const Acc r = inv_sqrt(q[0] / n + eps);
+    const Moments<Acc> m = shifted_moments<Acc>(xr, n);
+    const Acc r = inv_sqrt(m.sq / n + eps);
 
     for (int j = tid; j < n; j += stride) {
-        Acc v = ((to_acc(xr[j]) - shift) - mean_d) * r;
+        Acc v = ((to_acc(xr[j]) - m.shift) - m.mean_d) * r;
         if (weight != nullptr) v *= weight[j];
         if (bias != nullptr) v += bias[j];
         yr[j] = Store<T>::from(v);
     }
     if (tid == 0) {
-        mean[row] = shift + mean_d;
+        mean[row] = m.shift + m.mean_d;
         rstd[row] = r;
     }
 }

@@ -23,7 +23,7 @@ Built like launch.py (the norm kernels), whose pieces it reuses:
 
 from __future__ import annotations
 
-import threading
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
@@ -175,48 +175,15 @@ def bind(runtime: Any) -> SimpleNamespace:
 # ---- CuPy ---------------------------------------------------------------------------------------
 
 
-class _CupyRuntime:
-    """Compiles optim.cu once per (dtype, device) and launches on the current stream."""
-
-    def __init__(self) -> None:
-        import cupy  # the one place this module imports CuPy
-
-        self._cupy = cupy
-        self._functions: dict[tuple[str, int, str], Any] = {}
-        self._modules: dict[tuple[str, int], Any] = {}
-        self._lock = threading.Lock()
-
-    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
-        return self._cupy.empty(shape, dtype=dtype)
-
-    def _function(self, dtype: Any, name: str) -> Any:
-        key = (np.dtype(dtype).name, self._cupy.cuda.runtime.getDevice())
-        function = self._functions.get(key + (name,))
-        if function is None:
-            with self._lock:
-                module = self._modules.get(key)
-                if module is None:
-                    module = self._modules[key] = self._cupy.RawModule(
-                        code=module_source(),
-                        options=COMPILE_OPTIONS,
-                        name_expressions=kernel_names(dtype),
-                    )
-                function = self._functions[key + (name,)] = module.get_function(name)
-        return function
-
-    def launch(self, source: str, dtype: Any, config: LaunchConfig, args: tuple) -> None:
-        with args[0].device:  # the arrays' device, whatever device is current
-            self._function(dtype, config.kernel)(config.grid, config.block, args)
-
-
-_cupy_runtime: _CupyRuntime | None = None
-
-
-def _runtime() -> _CupyRuntime:
-    global _cupy_runtime
-    if _cupy_runtime is None:
-        _cupy_runtime = _CupyRuntime()
-    return _cupy_runtime
+@functools.cache
+def _runtime() -> launch._CupyRuntime:
+    """launch.py's CuPy runtime compiling optim.cu, made on the first launch. There is one source,
+    so the runtime's source argument ("optim", from `_run`) only names the module."""
+    return launch._CupyRuntime(
+        lambda _source: module_source(),
+        lambda _source, dtype: kernel_names(dtype),
+        COMPILE_OPTIONS,
+    )
 
 
 def sgd_update_(p, g, momentum_buffer, k) -> None:

@@ -1,5 +1,6 @@
-// Shared pieces of the normalization kernels: dtype conversions, warp and block sums, and the
-// deterministic column reduction that turns per-row terms into parameter gradients.
+// Shared pieces of the normalization kernels: dtype conversions, warp and block sums, the row
+// statistics of the one-block-per-row kernels, and the deterministic column reduction that turns
+// per-row terms into parameter gradients.
 //
 // Everything here is deterministic: a sum is always taken in the same order for a given launch
 // geometry, and the geometry is a pure function of the shape (launch.py: launch_config), so the
@@ -43,6 +44,9 @@ template <> struct Store<__half> {
 // (NVRTC's defaults; rsqrtf would be up to 2 ulp off).
 __device__ __forceinline__ float inv_sqrt(float v) { return 1.0f / sqrtf(v); }
 __device__ __forceinline__ double inv_sqrt(double v) { return 1.0 / sqrt(v); }
+// sqrt(v), IEEE-rounded (weight norm's norm, weight standardization's std).
+__device__ __forceinline__ float acc_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double acc_sqrt(double v) { return sqrt(v); }
 
 // ---- warp and block sums --------------------------------------------------------------------------
 // Butterfly (xor) reduction: every lane ends with the sum, and since a + b == b + a exactly, all
@@ -74,6 +78,97 @@ __device__ __forceinline__ void block_sum(Acc (&v)[N]) {
 #pragma unroll
     for (int k = 0; k < N; ++k) v[k] = warp_sum(lane < warps ? partial[k][lane] : Acc(0));
     __syncthreads();  // partial may be overwritten by the next call once everyone has read it
+}
+
+// ---- row statistics of the one-block-per-row kernels -----------------------------------------------
+// Thread t owns the row's elements t, t + blockDim.x, t + 2 blockDim.x, ... (coalesced loads).
+// Each helper has two overloads: with an array Acc (&v)[VPT] the row is also left in registers for
+// the caller's later passes (v[i] = element tid + i * blockDim.x, 0 past n); without it the row is
+// read from memory only, and Acc must be named: shifted_moments<Acc>(xr, n). Every thread of the
+// block must call them (they block_sum), and every thread gets the same results. Written once here
+// so that LayerNorm, GroupNorm, RMSNorm and the reparameterizations keep one summation order.
+
+// Shifted two-pass moments: K = x[0], d = x - K, mean_d = sum(d) / n, sq = sum((d - mean_d)^2);
+// the row's mean is K + mean_d. Subtracting K first keeps float32 exact for rows with a large
+// offset, and a constant row gives d == 0 exactly.
+template <typename Acc>
+struct Moments {
+    Acc shift;   // K
+    Acc mean_d;  // mean(x - K)
+    Acc sq;      // sum((x - K - mean_d)^2)
+};
+
+template <typename Acc, typename T, int VPT>
+__device__ __forceinline__ Moments<Acc> shifted_moments(const T* xr, int n, Acc (&d)[VPT]) {
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+    const Acc shift = to_acc(xr[0]);
+    Acc s[1] = {Acc(0)};
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        d[i] = j < n ? to_acc(xr[j]) - shift : Acc(0);
+        s[0] += d[i];
+    }
+    block_sum(s);
+    const Acc mean_d = s[0] / n;
+
+    Acc q[1] = {Acc(0)};
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const Acc c = d[i] - mean_d;
+        if (tid + i * stride < n) q[0] += c * c;  // padding slots hold 0, not mean_d: skip them
+    }
+    block_sum(q);
+    return {shift, mean_d, q[0]};
+}
+
+template <typename Acc, typename T>
+__device__ __forceinline__ Moments<Acc> shifted_moments(const T* xr, int n) {
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+    const Acc shift = to_acc(xr[0]);
+    Acc s[1] = {Acc(0)};
+    for (int j = tid; j < n; j += stride) s[0] += to_acc(xr[j]) - shift;
+    block_sum(s);
+    const Acc mean_d = s[0] / n;
+
+    Acc q[1] = {Acc(0)};
+    for (int j = tid; j < n; j += stride) {
+        const Acc c = (to_acc(xr[j]) - shift) - mean_d;
+        q[0] += c * c;
+    }
+    block_sum(q);
+    return {shift, mean_d, q[0]};
+}
+
+// sum(x^2) over the row (RMSNorm's mean square, weight norm's squared norm).
+template <typename Acc, typename T, int VPT>
+__device__ __forceinline__ Acc sum_squares(const T* xr, int n, Acc (&v)[VPT]) {
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+    Acc q[1] = {Acc(0)};
+#pragma unroll
+    for (int i = 0; i < VPT; ++i) {
+        const int j = tid + i * stride;
+        v[i] = j < n ? to_acc(xr[j]) : Acc(0);
+        q[0] += v[i] * v[i];
+    }
+    block_sum(q);
+    return q[0];
+}
+
+template <typename Acc, typename T>
+__device__ __forceinline__ Acc sum_squares(const T* xr, int n) {
+    const int tid = threadIdx.x;
+    const int stride = blockDim.x;
+    Acc q[1] = {Acc(0)};
+    for (int j = tid; j < n; j += stride) {
+        const Acc v = to_acc(xr[j]);
+        q[0] += v * v;
+    }
+    block_sum(q);
+    return q[0];
 }
 
 // ---- parameter gradients: two-stage column sums ---------------------------------------------------

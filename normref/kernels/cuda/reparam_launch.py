@@ -28,6 +28,7 @@ too gives the same bits run after run.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -244,34 +245,10 @@ def bind(runtime: Runtime) -> SimpleNamespace:
 # ---- CuPy ---------------------------------------------------------------------------------------
 
 
-class _CupyRuntime(_launch._CupyRuntime):
-    """launch.py's CuPy runtime (one RawModule per source, dtype and device, compiled on first use)
-    for this module's sources: only the source text and the instantiations differ."""
-
-    def _function(self, source: str, dtype: Any, name: str) -> Any:
-        key = (source, np.dtype(dtype).name, self._cupy.cuda.runtime.getDevice())
-        function = self._functions.get(key + (name,))
-        if function is None:
-            with self._lock:
-                module = self._modules.get(key)
-                if module is None:
-                    module = self._modules[key] = self._cupy.RawModule(
-                        code=module_source(source),
-                        options=COMPILE_OPTIONS,
-                        name_expressions=kernel_names(source, dtype),
-                    )
-                function = self._functions[key + (name,)] = module.get_function(name)
-        return function
-
-
-_cupy_runtime: _CupyRuntime | None = None
-
-
-def _runtime() -> _CupyRuntime:
-    global _cupy_runtime
-    if _cupy_runtime is None:
-        _cupy_runtime = _CupyRuntime()
-    return _cupy_runtime
+@functools.cache
+def _runtime() -> _launch._CupyRuntime:
+    """launch.py's CuPy runtime compiling this module's sources, made on the first launch."""
+    return _launch._CupyRuntime(module_source, kernel_names)
 
 
 def weight_norm_forward(v, g, w, norm) -> None:

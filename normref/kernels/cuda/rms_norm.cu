@@ -7,7 +7,7 @@
 
 namespace normref {
 
-// rstd = 1 / sqrt(sum(x^2) / n + eps); y = x * rstd * weight.
+// rstd = 1 / sqrt(sum(x^2) / n + eps) (reduce.cuh: sum_squares); y = x * rstd * weight.
 template <typename T, typename Acc, int VPT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     rms_norm_fwd(const T* __restrict__ x, const Acc* __restrict__ weight, Acc eps,
@@ -19,15 +19,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int stride = blockDim.x;
 
     Acc v[VPT];
-    Acc q[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int j = tid + i * stride;
-        v[i] = j < n ? to_acc(xr[j]) : Acc(0);
-        q[0] += v[i] * v[i];
-    }
-    block_sum(q);
-    const Acc r = inv_sqrt(q[0] / n + eps);
+    const Acc r = inv_sqrt(sum_squares(xr, n, v) / n + eps);
 
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
@@ -51,13 +43,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
 
-    Acc q[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) {
-        const Acc v = to_acc(xr[j]);
-        q[0] += v * v;
-    }
-    block_sum(q);
-    const Acc r = inv_sqrt(q[0] / n + eps);
+    const Acc r = inv_sqrt(sum_squares<Acc>(xr, n) / n + eps);
 
     for (int j = tid; j < n; j += stride) {
         Acc out = to_acc(xr[j]) * r;

@@ -16,11 +16,8 @@
 
 namespace normref {
 
-__device__ __forceinline__ float acc_sqrt(float v) { return sqrtf(v); }  // IEEE-rounded
-__device__ __forceinline__ double acc_sqrt(double v) { return sqrt(v); }
-
-// norm = sqrt(sum(v^2)), w = v * (g / norm). No eps, as PyTorch: a zero row divides by zero and
-// gives NaN (0 * inf), and a NaN in v reaches the whole row through the sum.
+// norm = sqrt(sum(v^2)) (reduce.cuh: sum_squares), w = v * (g / norm). No eps, as PyTorch: a zero
+// row divides by zero and gives NaN (0 * inf), and a NaN in v reaches the whole row through the sum.
 template <typename T, typename Acc, int VPT>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     weight_norm_fwd(const T* __restrict__ v, const Acc* __restrict__ g, T* __restrict__ w,
@@ -31,16 +28,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
 
-    Acc x[VPT];  // 0 in padding slots, which then add nothing to the sum
-    Acc s[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int j = tid + i * stride;
-        x[i] = j < n ? to_acc(vr[j]) : Acc(0);
-        s[0] += x[i] * x[i];
-    }
-    block_sum(s);
-    const Acc nrm = acc_sqrt(s[0]);
+    Acc x[VPT];
+    const Acc nrm = acc_sqrt(sum_squares(vr, n, x));
     const Acc scale = g[row] / nrm;
 
 #pragma unroll
@@ -61,13 +50,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
 
-    Acc s[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) {
-        const Acc x = to_acc(vr[j]);
-        s[0] += x * x;
-    }
-    block_sum(s);
-    const Acc nrm = acc_sqrt(s[0]);
+    const Acc nrm = acc_sqrt(sum_squares<Acc>(vr, n));
     const Acc scale = g[row] / nrm;
 
     for (int j = tid; j < n; j += stride) wr[j] = Store<T>::from(to_acc(vr[j]) * scale);

@@ -9,10 +9,8 @@
 
 namespace normref {
 
-__device__ __forceinline__ float std_sqrt(float v) { return sqrtf(v); }  // IEEE-rounded
-__device__ __forceinline__ double std_sqrt(double v) { return sqrt(v); }
-
-// Shifted two-pass statistics, the authors' unbiased std with eps added to it:
+// Shifted two-pass statistics (reduce.cuh: shifted_moments), the authors' unbiased std with eps
+// added to it:
 //   K = x[0], d = x - K, mean_d = sum(d) / n, c = d - mean_d, std = sqrt(sum(c^2) / (n - 1)),
 //   y = c / (std + eps), mean = K + mean_d.
 // Subtracting K first keeps float32 exact for a channel with a large offset; a constant channel
@@ -26,36 +24,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     T* yr = y + row * n;
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
-    const Acc shift = to_acc(xr[0]);
 
     Acc d[VPT];
-    Acc s[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const int j = tid + i * stride;
-        d[i] = j < n ? to_acc(xr[j]) - shift : Acc(0);
-        s[0] += d[i];
-    }
-    block_sum(s);
-    const Acc mean_d = s[0] / n;
-
-    Acc q[1] = {Acc(0)};
-#pragma unroll
-    for (int i = 0; i < VPT; ++i) {
-        const Acc c = d[i] - mean_d;
-        if (tid + i * stride < n) q[0] += c * c;  // padding slots hold 0, not mean_d: skip them
-    }
-    block_sum(q);
-    const Acc sd = std_sqrt(q[0] / (n - 1));
+    const Moments<Acc> m = shifted_moments(xr, n, d);
+    const Acc sd = acc_sqrt(m.sq / (n - 1));
     const Acc denom = sd + eps;
 
 #pragma unroll
     for (int i = 0; i < VPT; ++i) {
         const int j = tid + i * stride;
-        if (j < n) yr[j] = Store<T>::from((d[i] - mean_d) / denom);
+        if (j < n) yr[j] = Store<T>::from((d[i] - m.mean_d) / denom);
     }
     if (tid == 0) {
-        mean[row] = shift + mean_d;
+        mean[row] = m.shift + m.mean_d;
         stddev[row] = sd;
     }
 }
@@ -69,27 +50,16 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     T* yr = y + row * n;
     const int tid = threadIdx.x;
     const int stride = blockDim.x;
-    const Acc shift = to_acc(xr[0]);
 
-    Acc s[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) s[0] += to_acc(xr[j]) - shift;
-    block_sum(s);
-    const Acc mean_d = s[0] / n;
-
-    Acc q[1] = {Acc(0)};
-    for (int j = tid; j < n; j += stride) {
-        const Acc c = (to_acc(xr[j]) - shift) - mean_d;
-        q[0] += c * c;
-    }
-    block_sum(q);
-    const Acc sd = std_sqrt(q[0] / (n - 1));
+    const Moments<Acc> m = shifted_moments<Acc>(xr, n);
+    const Acc sd = acc_sqrt(m.sq / (n - 1));
     const Acc denom = sd + eps;
 
     for (int j = tid; j < n; j += stride) {
-        yr[j] = Store<T>::from(((to_acc(xr[j]) - shift) - mean_d) / denom);
+        yr[j] = Store<T>::from(((to_acc(xr[j]) - m.shift) - m.mean_d) / denom);
     }
     if (tid == 0) {
-        mean[row] = shift + mean_d;
+        mean[row] = m.shift + m.mean_d;
         stddev[row] = sd;
     }
 }

@@ -13,11 +13,8 @@ them: normref returns new ones, PyTorch writes in place); GroupNorm uses 32 grou
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/channel_norms.py`
@@ -26,34 +23,23 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/c
 import numpy as np
 
 import normref
-from benchmarks.run import CAPTION, PASSES, _stream1, _stream2, _time_groups, print_table
+from benchmarks.run import (
+    CAPTION,
+    PASSES,
+    _floor,
+    _inputs,
+    _rows,
+    _threads,
+    _time_by_runtime,
+    _torch_pass,
+    make_parser,
+    report,
+    round_counts,
+)
 
 SHAPES = [(32, 64, 56, 56), (8, 256, 28, 28)]
 OPS = ("batch_norm", "group_norm")
 GROUPS = 32
-
-
-@dataclass
-class Row:
-    op: str
-    shape: tuple[int, ...]
-    pass_: str
-    impl: str
-    median_s: float
-    gbps: float
-    floor_gbps: float
-    floor_fraction: float
-    vs_torch: float | None
-
-
-def _inputs(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    c = shape[1]
-    x = rng.standard_normal(shape, dtype=np.float32)
-    dy = rng.standard_normal(shape, dtype=np.float32)
-    w = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-    b = (0.1 * rng.standard_normal(c)).astype(np.float32)
-    return x, dy, w, b
 
 
 def _normref_fn(op, pass_, x, dy, w, b, backend, out):
@@ -81,7 +67,6 @@ def _normref_fn(op, pass_, x, dy, w, b, backend, out):
 
 def _torch_fn(torch, op, pass_, x, dy, w, b):
     F = torch.nn.functional
-    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
     c = x.shape[1]
     rm, rv = torch.zeros(c), torch.ones(c)
 
@@ -90,23 +75,7 @@ def _torch_fn(torch, op, pass_, x, dy, w, b):
             return F.batch_norm(xx, rm, rv, ww, bb, training=True, momentum=0.1, eps=1e-5)
         return F.group_norm(xx, GROUPS, ww, bb, 1e-5)
 
-    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
-    if pass_ == "fwd":
-
-        def fwd():
-            with torch.no_grad():
-                call(tx, tw, tb)
-
-        return fwd
-    gx = tx.clone().requires_grad_(True)
-    gw = tw.clone().requires_grad_(True)
-    gb = tb.clone().requires_grad_(True)
-
-    def fwd_bwd():
-        call(gx, gw, gb).backward(tdy)
-        gx.grad = gw.grad = gb.grad = None
-
-    return fwd_bwd
+    return _torch_pass(torch, pass_, call, (x, w, b), dy)
 
 
 def _bytes(pass_, shape, itemsize=4):
@@ -116,17 +85,7 @@ def _bytes(pass_, shape, itemsize=4):
 
 
 def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
-    import numba
-
-    numba.set_num_threads(threads)
-    torch = None
-    if with_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+    torch = _threads(threads, with_torch)
     results = []
     for shape in shapes:
         x, dy, w, b = _inputs(shape)
@@ -135,60 +94,30 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
         fy, fdx = np.empty_like(x2), np.empty_like(x2)
         for op in ops:
             for pass_ in PASSES:
-                if pass_ == "fwd":
-
-                    def floor_fn(x2=x2, fy=fy):
-                        _stream1(x2, fy)
-                else:
-
-                    def floor_fn(x2=x2, dy2=dy2, fy=fy, fdx=fdx):
-                        _stream1(x2, fy)
-                        _stream2(dy2, x2, fdx)
-
+                floor_fn, floor_bytes = _floor(pass_, x2, dy2, fy, fdx)
                 numba_fns = {
                     "floor": floor_fn,
                     "numba (out=)": _normref_fn(op, pass_, x, dy, w, b, "numba", out=True),
                     "numba": _normref_fn(op, pass_, x, dy, w, b, "numba", out=False),
                 }
-                groups = [(numba_fns, rounds)]
-                if torch is not None:
-                    groups.append(({"torch": _torch_fn(torch, op, pass_, x, dy, w, b)}, rounds))
-                ref = _normref_fn(op, pass_, x, dy, w, b, "reference", out=False)
-                groups.append(({"reference": ref}, reference_rounds))
-                times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
-                nbytes = _bytes(pass_, shape)
-                floor_gbps = nbytes / times.pop("floor") / 1e9
-                for impl, t in times.items():
-                    gbps = nbytes / t / 1e9
-                    vs = times["torch"] / t if "torch" in times else None
-                    results.append(
-                        Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs)
-                    )
+                torch_fns = {"torch": _torch_fn(torch, op, pass_, x, dy, w, b)} if torch else {}
+                ref = {"reference": _normref_fn(op, pass_, x, dy, w, b, "reference", out=False)}
+                times = _time_by_runtime(numba_fns, torch_fns, ref, rounds, reference_rounds)
+                results += _rows(op, shape, pass_, times, _bytes(pass_, shape), floor_bytes)
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.channel_norms", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
-    parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    parser = make_parser("python -m benchmarks.channel_norms", __doc__.split("\n")[0])
     parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to time")
     args = parser.parse_args(argv)
-    rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
-    results = bench(SHAPES, args.ops, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(
+    results = bench(SHAPES, args.ops, args.threads, *round_counts(args), not args.no_torch)
+    report(
         results,
         f"normref channel norms, float32 NCHW, {args.threads} threads (Numba and PyTorch)",
         "batch_norm: training, running statistics updated; group_norm: 32 groups. " + CAPTION,
+        args.json,
     )
-    if args.json:
-        rows = [{**asdict(r), "pass": r.pass_} for r in results]
-        for row in rows:
-            del row["pass_"]
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

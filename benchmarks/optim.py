@@ -7,7 +7,7 @@ The step's minimum traffic is 7 arrays of 4 bytes per element: read p, g, m, v; 
 (in place, nothing else). The floor is a trivial parallel Numba kernel moving exactly those bytes
 (`_stream_adamw`), timed interleaved with normref in the same rounds, so that both see the same
 drift of a shared machine (benchmarks/run.py explains the interleaving and the pauses between
-the Numba and the PyTorch thread pools; its `_time_groups` does the timing here too).
+the Numba and the PyTorch thread pools; its `_time_by_runtime` does the timing here too).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 import normref.optim as optim
-from benchmarks.run import _time_groups
+from benchmarks.run import _threads, _time_by_runtime
 
 ARRAYS = 7  # read p, g, m, v; write p, m, v
 LR, WEIGHT_DECAY = 1e-3, 1e-2  # torch.optim.AdamW's defaults, and normref's adamw's
@@ -61,32 +61,23 @@ def _torch_step(torch, p, g, **variant):
 
 
 def bench(n, threads, rounds, reference_rounds, with_torch=True):
-    import numba
-
-    numba.set_num_threads(threads)
+    torch = _threads(threads, with_torch)
     p, g = _inputs(n)
     floor_arrays = [p.copy(), g, np.zeros_like(p), np.zeros_like(p)]
     numba_fns = {
         "floor": lambda: _stream_adamw(*floor_arrays),
         "normref numba": _normref_step(p, g, "numba"),
     }
-    groups = [(numba_fns, rounds)]
-    if with_torch:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None:
-            torch.set_num_threads(threads)
-            variants = {
-                "torch default": {},
-                "torch foreach": {"foreach": True},
-                "torch fused": {"fused": True},
-            }
-            torch_fns = {name: _torch_step(torch, p, g, **kw) for name, kw in variants.items()}
-            groups.append((torch_fns, rounds))
-    groups.append(({"normref reference": _normref_step(p, g, "reference")}, reference_rounds))
-    times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
+    torch_fns = {}
+    if torch is not None:
+        variants = {
+            "torch default": {},
+            "torch foreach": {"foreach": True},
+            "torch fused": {"fused": True},
+        }
+        torch_fns = {name: _torch_step(torch, p, g, **kw) for name, kw in variants.items()}
+    reference = {"normref reference": _normref_step(p, g, "reference")}
+    times = _time_by_runtime(numba_fns, torch_fns, reference, rounds, reference_rounds)
     nbytes = ARRAYS * 4 * n
     floor = times.pop("floor")
     rows = [{"impl": "floor (streaming)", "median_s": floor, "gbps": nbytes / floor / 1e9}]

@@ -23,10 +23,7 @@ code writes it (joe-siyuan-qiao/WeightStandardization, README: torch.std_mean ov
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/reparam.py`
@@ -35,11 +32,21 @@ if __name__ == "__main__" and __package__ in (None, ""):  # `python benchmarks/r
 import numpy as np
 
 import normref
-from benchmarks.run import CAPTION, Row, _stream1, _stream2, _time_groups, print_table
+from benchmarks.run import (
+    CAPTION,
+    PASSES,
+    _floor,
+    _rows,
+    _threads,
+    _time_by_runtime,
+    _torch_pass,
+    make_parser,
+    report,
+    round_counts,
+)
 
 SHAPES = [(1024, 512, 3, 3), (256, 128, 3, 3)]  # fan-in 4608 and 1152
 OPS = ("weight_norm", "weight_standardization")
-PASSES = ("fwd", "fwd+bwd")
 EPS = 1e-5
 
 
@@ -102,7 +109,6 @@ def _kernel_fn(op, pass_, v, dw, g):
 
 
 def _torch_fn(torch, op, pass_, v, dw, g):
-    tv, tdw, tg = torch.from_numpy(v), torch.from_numpy(dw), torch.from_numpy(g)
     dims = list(range(1, v.ndim))
 
     def call(vv, gg):
@@ -111,21 +117,7 @@ def _torch_fn(torch, op, pass_, v, dw, g):
         std, mean = torch.std_mean(vv, dim=dims, keepdim=True)  # the authors' code
         return (vv - mean) / (std + EPS)
 
-    if pass_ == "fwd":
-
-        def fwd():
-            with torch.no_grad():
-                call(tv, tg)
-
-        return fwd
-    gv = tv.clone().requires_grad_(True)
-    gg = tg.clone().requires_grad_(op == "weight_norm")
-
-    def fwd_bwd():
-        call(gv, gg).backward(tdw)
-        gv.grad = gg.grad = None
-
-    return fwd_bwd
+    return _torch_pass(torch, pass_, call, (v, g), dw, requires_grad=(True, op == "weight_norm"))
 
 
 def _bytes(op, pass_, rows, n, itemsize=4):
@@ -138,25 +130,8 @@ def _bytes(op, pass_, rows, n, itemsize=4):
     return itemsize * (arrays * rows * n + vectors * rows)
 
 
-def _floor(pass_, v2, dw2, fy, fdx):
-    """(streaming kernel, bytes it moves): the op's minimum traffic at memory speed."""
-    if pass_ == "fwd":
-        return (lambda: _stream1(v2, fy)), 2 * v2.nbytes
-    return (lambda: (_stream1(v2, fy), _stream2(dw2, v2, fdx))), 5 * v2.nbytes
-
-
 def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
-    import numba
-
-    numba.set_num_threads(threads)
-    torch = None
-    if with_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+    torch = _threads(threads, with_torch)
     results = []
     for shape in shapes:
         v, dw, g = _inputs(shape)
@@ -171,44 +146,23 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
                     "numba (out=)": _normref_fn(op, pass_, v, dw, g, "numba", out=True),
                     "numba kernel": _kernel_fn(op, pass_, v, dw, g),
                 }
-                groups = [(numba_fns, rounds)]
-                if torch is not None:
-                    groups.append(({"torch": _torch_fn(torch, op, pass_, v, dw, g)}, rounds))
-                ref = _normref_fn(op, pass_, v, dw, g, "reference", out=False)
-                groups.append(({"reference": ref}, reference_rounds))
-                times = _time_groups([(fns, wanted, True) for fns, wanted in groups], rounds)
-                floor_gbps = floor_bytes / times.pop("floor") / 1e9
+                torch_fns = {"torch": _torch_fn(torch, op, pass_, v, dw, g)} if torch else {}
+                ref = {"reference": _normref_fn(op, pass_, v, dw, g, "reference", out=False)}
+                times = _time_by_runtime(numba_fns, torch_fns, ref, rounds, reference_rounds)
                 nbytes = _bytes(op, pass_, rows, n)
-                for impl, t in times.items():
-                    gbps = nbytes / t / 1e9
-                    vs = times["torch"] / t if "torch" in times else None
-                    results.append(
-                        Row(op, (rows, n), pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs)
-                    )
+                results += _rows(op, (rows, n), pass_, times, nbytes, floor_bytes)
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.reparam", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
-    parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
-    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    args = parser.parse_args(argv)
-    rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
-    results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(
+    args = make_parser("python -m benchmarks.reparam", __doc__.split("\n")[0]).parse_args(argv)
+    results = bench(SHAPES, OPS, args.threads, *round_counts(args), not args.no_torch)
+    report(
         results,
         f"normref weight reparameterizations, float32 conv weights, {args.threads} threads",
         "shape: out_channels x fan-in. " + CAPTION,
+        args.json,
     )
-    if args.json:
-        rows = [{**asdict(r), "pass": r.pass_} for r in results]
-        for row in rows:
-            del row["pass_"]
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 

@@ -61,7 +61,7 @@ def _stream2(x, z, y):
 @dataclass
 class Row:
     op: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     pass_: str
     impl: str
     median_s: float
@@ -103,9 +103,22 @@ def _time_groups(groups, rounds, blocks=3):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
+def _time_by_runtime(numba_fns, torch_fns, reference_fns, rounds, reference_rounds):
+    """Median seconds per call, each runtime's fns a group of their own, warmed at every turn:
+    Numba's (the floor among them, interleaved), PyTorch's (none: no group), and the reference's
+    in `reference_rounds`."""
+    groups = [
+        (numba_fns, rounds, True),
+        (torch_fns, rounds, True),
+        (reference_fns, reference_rounds, True),
+    ]
+    return _time_groups([group for group in groups if group[0]], rounds)
+
+
 def _inputs(shape, seed=0):
+    """x and dy of `shape`; weight and bias with one entry per x[:, i] (features or channels)."""
     rng = np.random.default_rng(seed)
-    rows, n = shape
+    n = shape[1]
     x = rng.standard_normal(shape, dtype=np.float32)
     dy = rng.standard_normal(shape, dtype=np.float32)
     w = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -137,38 +150,47 @@ def _normref_fns(op, pass_, x, dy, w, b, backend, out):
     return fwd_bwd
 
 
+def _torch_pass(torch, pass_, call, arrays, dy, requires_grad=None):
+    """PyTorch's side of one cell: call(*tensors of arrays) without autograd for "fwd"; for
+    "fwd+bwd", on leaf copies (those flagged in requires_grad, all by default, track gradients)
+    followed by backward from dy, the gradients dropped after each call."""
+    tensors = [torch.from_numpy(a) for a in arrays]
+    if pass_ == "fwd":
+
+        def fwd():
+            with torch.no_grad():
+                call(*tensors)
+
+        return fwd
+    flags = requires_grad or [True] * len(tensors)
+    leaves = [t.clone().requires_grad_(flag) for t, flag in zip(tensors, flags)]
+    tdy = torch.from_numpy(dy)
+
+    def fwd_bwd():
+        call(*leaves).backward(tdy)
+        for leaf in leaves:
+            leaf.grad = None
+
+    return fwd_bwd
+
+
 def _torch_fn(torch, op, pass_, x, dy, w, b):
     F = torch.nn.functional
     n = x.shape[1]
-    tx, tdy = torch.from_numpy(x), torch.from_numpy(dy)
-    tw, tb = torch.from_numpy(w), torch.from_numpy(b)
 
     def call(xx, ww, bb):
         if op == "layer_norm":
             return F.layer_norm(xx, (n,), ww, bb, 1e-5)
         return F.rms_norm(xx, (n,), ww, 1e-6)
 
-    if pass_ == "fwd":
-
-        def fwd():
-            with torch.no_grad():
-                call(tx, tw, tb)
-
-        return fwd
-    gx = tx.clone().requires_grad_(True)
-    gw = tw.clone().requires_grad_(True)
-    gb = tb.clone().requires_grad_(True)
-
-    def fwd_bwd():
-        call(gx, gw, gb).backward(tdy)
-        gx.grad = gw.grad = gb.grad = None
-
-    return fwd_bwd
+    return _torch_pass(torch, pass_, call, (x, w, b), dy)
 
 
-def _floor(pass_, x, dy):
-    """The bandwidth floor for a pass: (a call that streams its bytes, how many bytes)."""
-    y, dx = np.empty_like(x), np.empty_like(x)
+def _floor(pass_, x, dy, y=None, dx=None):
+    """The bandwidth floor for a pass on 2-D x and dy: (a call that streams its bytes, how many
+    bytes). y, dx: the buffers it writes (fresh ones by default)."""
+    y = np.empty_like(x) if y is None else y
+    dx = np.empty_like(x) if dx is None else dx
     if pass_ == "fwd":
         return (lambda: _stream1(x, y)), 2 * x.nbytes
     return (lambda: (_stream1(x, y), _stream2(dy, x, dx))), 5 * x.nbytes
@@ -185,18 +207,36 @@ def _bytes(op, pass_, shape, itemsize=4):
     return itemsize * (arrays * rows * n + vectors * n)
 
 
-def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
+def _threads(threads, with_torch=True):
+    """Set Numba's and PyTorch's thread counts; returns torch, or None without it (or with_torch
+    off)."""
     import numba
 
     numba.set_num_threads(threads)
-    torch = None
-    if with_torch:
-        try:
-            import torch
+    if not with_torch:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
 
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
+
+def _rows(op, shape, pass_, times, nbytes, floor_bytes):
+    """One cell's table rows from _time_groups' medians, whose "floor" gives the floor's GB/s:
+    every other impl's time, GB/s of nbytes, fraction of the floor, and PyTorch time / its time."""
+    floor_gbps = floor_bytes / times.pop("floor") / 1e9
+    rows = []
+    for impl, t in times.items():
+        gbps = nbytes / t / 1e9
+        vs = times["torch"] / t if "torch" in times else None
+        rows.append(Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs))
+    return rows
+
+
+def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
+    torch = _threads(threads, with_torch)
     results = []
     for shape in shapes:
         x, dy, w, b = _inputs(shape)
@@ -217,14 +257,8 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
                 reference = _normref_fns(op, pass_, x, dy, w, b, "reference", out=False)
                 groups.append(({"reference": reference}, reference_rounds, False))
                 times = _time_groups(groups, rounds)
-                floor_gbps = floor_bytes / times.pop("floor") / 1e9
                 nbytes = _bytes(op, pass_, shape)
-                for impl, t in times.items():
-                    gbps = nbytes / t / 1e9
-                    vs = times["torch"] / t if "torch" in times else None
-                    results.append(
-                        Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs)
-                    )
+                results += _rows(op, shape, pass_, times, nbytes, floor_bytes)
     return results
 
 
@@ -266,21 +300,36 @@ def print_table(results, title, caption=CAPTION):
     console.print(table)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split(".")[0])
+def make_parser(prog, description):
+    """The runners' shared command line: --quick, --threads, --json, --no-torch."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--quick", action="store_true", help="few rounds: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="Numba and PyTorch threads")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
-    args = parser.parse_args(argv)
-    rounds, reference_rounds = (5, 1) if args.quick else (21, 3)
-    results = bench(SHAPES, OPS, args.threads, rounds, reference_rounds, not args.no_torch)
-    print_table(results, f"normref norms, float32, {args.threads} threads (Numba and PyTorch)")
-    if args.json:
+    return parser
+
+
+def round_counts(args):
+    """(rounds, reference rounds) for the parsed command line: few for --quick."""
+    return (5, 1) if args.quick else (21, 3)
+
+
+def report(results, title, caption, json_file=None):
+    """Print the table; with json_file, also write the rows there as JSON."""
+    print_table(results, title, caption)
+    if json_file:
         rows = [{**asdict(r), "pass": r.pass_} for r in results]
         for row in rows:
             del row["pass_"]
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        Path(json_file).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def main(argv=None):
+    args = make_parser("python -m benchmarks", __doc__.split(".")[0]).parse_args(argv)
+    results = bench(SHAPES, OPS, args.threads, *round_counts(args), not args.no_torch)
+    title = f"normref norms, float32, {args.threads} threads (Numba and PyTorch)"
+    report(results, title, CAPTION, args.json)
     return 0
 
 

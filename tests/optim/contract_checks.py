@@ -1,6 +1,7 @@
 """Generic checks of the optimizer contract (design.md §4, §9) for one optimizer, shared by the
-per-optimizer test files, and the two peer runners they compare against: torch.optim under a
-chosen default dtype, and optax in double precision.
+per-optimizer test files; the two peer runners they compare against: torch.optim under a chosen
+default dtype, and optax in double precision; and the comparisons those files share: a trajectory
+against a peer's, a variant against a direct re-derivation of its peer's formula.
 
 Each check takes `make`, a function returning a fresh optimizer, so that no state leaks from one
 run into the next.
@@ -9,11 +10,14 @@ run into the next.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import numpy as np
 import pytest
 from optim_trajectories import (
+    STEPS,
     TOLERANCE,
+    assert_trajectories_close,
     assert_trajectories_identical,
     gradient_sequence,
     initial_params,
@@ -22,8 +26,12 @@ from optim_trajectories import (
 )
 
 from normref import optim
+from normref.registry import OPTIMIZERS
 
 KEYS = ["w", "b", "conv", "x"]
+FLOAT_DTYPES = pytest.mark.parametrize(
+    "dtype", [np.float64, np.float32], ids=["float64", "float32"]
+)
 
 
 def arrays_of(tree):
@@ -203,3 +211,47 @@ def worst_error(ours, theirs):
             error = np.abs(x.astype(np.float64) - y) / (tol["atol"] + tol["rtol"] * np.abs(y))
             worst = max(worst, float(np.max(error)))
     return worst
+
+
+# -- comparisons ------------------------------------------------------------------------------
+
+
+def variant_factory(entry, name):
+    """The factory of the variant `name` of the registry entry `entry`."""
+    return {v.name: v for v in OPTIMIZERS[entry].variants}[name].factory
+
+
+def assert_trajectory_equals(opt, peer, dtype=np.float64, steps=STEPS):
+    """opt's trajectory over the shared params and `steps` gradients equals peer(params, grads)'s
+    (a list of params per step) to the dtype's tolerance."""
+    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=steps)
+    assert_trajectories_close(normref_trajectory(opt, params, grads), peer(params, grads), dtype)
+
+
+def optax_peer(tx):
+    """The optax transformation tx as a peer for assert_trajectory_equals."""
+    return functools.partial(optax_trajectory, tx)
+
+
+def direct_gradients(seed, steps, low, size=3, zero_step=None):
+    """Gradients for a direct re-derivation: `steps` lists of `size` floats, each list scaled by
+    10**k for a k drawn from [low, 0], all 0.0 at zero_step."""
+    rng = np.random.default_rng(seed)
+    grads = [list(rng.normal(size=size) * 10.0 ** rng.integers(low, 1)) for _ in range(steps)]
+    if zero_step is not None:
+        grads[zero_step] = [0.0] * size
+    return grads
+
+
+def assert_variant_equals_direct(
+    variant, reference, hyper, grads, p0, expected, *, separation=None
+):
+    """variant(**hyper) run on the single tensor p0 ends at `expected` (a direct re-derivation's
+    result) to float64 rounding; unless reference is None, reference(**hyper) ends further than
+    rtol=separation from it: the probe separates the variant from the reference."""
+    sequence = [[np.array(g)] for g in grads]
+    ours = normref_trajectory(variant(**hyper), [np.array(p0)], sequence)[-1][0]
+    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
+    if reference is not None:
+        theirs = normref_trajectory(reference(**hyper), [np.array(p0)], sequence)[-1][0]
+        assert not np.allclose(ours, theirs, rtol=separation, atol=0), "the probe must separate it"

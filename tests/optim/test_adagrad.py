@@ -1,58 +1,22 @@
-"""Adagrad against torch.optim.Adagrad (single-tensor path), 50 steps, float64 and float32, every
-option combination; the eps-in-sqrt variant against a direct re-derivation and optax.adagrad;
-the contract; errors."""
-
-import functools
+"""Adagrad: the state's initial value; its first step; the eps-in-sqrt variant against a direct
+re-derivation and optax.adagrad; errors. Against torch.optim.Adagrad (every option combination,
+other eps, a scheduled lr): test_optim_trajectories_vs_torch.py; the contract:
+test_optim_contract_checks.py."""
 
 import numpy as np
 import pytest
 from contract_checks import (
-    optax_trajectory,
-    torch_factory,
-    torch_trajectory_in,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
+    variant_factory,
 )
-from optim_trajectories import (
-    assert_trajectories_close,
-    gradient_sequence,
-    initial_params,
-    normref_trajectory,
-)
+from optim_trajectories import normref_trajectory
 
 from normref import optim
-from normref.optim import schedules
-from normref.registry import OPTIMIZERS
-
-torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 0.03
-
-
-_torch = functools.partial(torch_factory, "Adagrad")
-
-
-@pytest.mark.parametrize("eps", [1e-3, 1e-12])
-def test_other_eps_equal_torch(eps):
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=25)
-    ours = normref_trajectory(optim.adagrad(0.5, eps=eps, lr_decay=1.0), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=0.5, eps=eps, lr_decay=1.0), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
-
-
-def test_scheduled_lr_equals_torch_lambda_lr_on_top_of_lr_decay():
-    """A schedule multiplies the lr that lr_decay then divides, as LambdaLR does in PyTorch."""
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    lr = schedules.step_decay(LR, step_size=10, gamma=0.5)
-    ours = normref_trajectory(optim.adagrad(lr, lr_decay=0.01), params, grads)
-    theirs = torch_trajectory_in(
-        dtype,
-        _torch(lr=LR, lr_decay=0.01),
-        params,
-        grads,
-        make_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: lr(t) / LR),
-    )
-    assert_trajectories_close(ours, theirs, dtype)
 
 
 def test_initial_accumulator_value_fills_the_state():
@@ -75,7 +39,7 @@ def test_the_first_step_is_lr_times_sign_and_a_zero_gradient_does_not_move():
 
 
 def _variant():
-    return {v.name: v for v in OPTIMIZERS["adagrad"].variants}["eps_in_sqrt"].factory
+    return variant_factory("adagrad", "eps_in_sqrt")
 
 
 def _keras_direct(grads, p0, *, lr, s0, eps):
@@ -89,15 +53,11 @@ def _keras_direct(grads, p0, *, lr, s0, eps):
 
 
 def test_eps_in_sqrt_equals_a_direct_rederivation():
-    rng = np.random.default_rng(11)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-5, 1)) for _ in range(12)]
-    grads[3] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(11, steps=12, low=-5, zero_step=3)
     p0 = [0.5, -1.0, 2.0]
     hyper = dict(lr=0.01, eps=1e-7, initial_accumulator_value=0.1)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant()(**hyper), [np.array(p0)], sequence)[-1][0]
     expected = _keras_direct(grads, p0, lr=0.01, s0=0.1, eps=1e-7)
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
+    assert_variant_equals_direct(_variant(), None, hyper, grads, p0, expected)
     # the probe: an accumulator near eps (tiny gradients, s0 = 0)
     tiny = [[np.array([1e-4, -3e-4])] for _ in range(5)]
     p = [np.zeros(2)]
@@ -108,12 +68,9 @@ def test_eps_in_sqrt_equals_a_direct_rederivation():
 
 def test_eps_in_sqrt_equals_optax_adagrad():
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
     hyper = dict(initial_accumulator_value=0.1, eps=1e-7)  # optax's defaults
-    ours = normref_trajectory(_variant()(lr=LR, **hyper), params, grads)
-    theirs = optax_trajectory(optax.adagrad(LR, **hyper), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = _variant()(lr=LR, **hyper)
+    assert_trajectory_equals(ours, optax_peer(optax.adagrad(LR, **hyper)), steps=30)
 
 
 # -- contract and errors ------------------------------------------------------------------------

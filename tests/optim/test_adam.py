@@ -6,6 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from contract_checks import (
+    assert_variant_equals_direct,
+    combo_id,
+    direct_gradients,
+    variant_factory,
+)
 from optim_trajectories import (
     assert_trajectories_close,
     gradient_sequence,
@@ -16,7 +22,6 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
@@ -30,12 +35,8 @@ COMBOS = [
 ]
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 @pytest.mark.parametrize("name", ["adam", "adamw"])
 def test_trajectory_equals_torch(name, combo, dtype):
     params, grads = initial_params(dtype), gradient_sequence(dtype)
@@ -111,16 +112,12 @@ def test_amsgrad_keeps_the_max_of_the_raw_second_moment():
     p0 = [np.array([0.0])]
     ours = normref_trajectory(optim.adam(1e-3, amsgrad=True), p0, grads)[-1][0]
     np.testing.assert_allclose(ours, [-2.187e-3], rtol=1e-3)
-    variant = _variant("adam", "max_of_bias_corrected")
+    variant = variant_factory("adam", "max_of_bias_corrected")
     optax_like = normref_trajectory(variant(lr=1e-3, amsgrad=True), p0, grads)[-1][0]
     np.testing.assert_allclose(optax_like, [-1.773e-3], rtol=1e-3)
 
 
 # -- variants ---------------------------------------------------------------------------------
-
-
-def _variant(name, variant):
-    return {v.name: v for v in OPTIMIZERS[name].variants}[variant].factory
 
 
 def _direct(grads, p0, *, lr, b1, b2, eps, wd, convention, amsgrad=False):
@@ -172,13 +169,9 @@ CASES = [
 
 @pytest.mark.parametrize("name, variant, convention, wd, amsgrad", CASES)
 def test_variant_equals_a_direct_rederivation(name, variant, convention, wd, amsgrad):
-    rng = np.random.default_rng(5)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-7, 1)) for _ in range(12)]
-    grads[7] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(5, steps=12, low=-7, zero_step=7)
     p0 = [0.5, -1.0, 2.0]
     hyper = dict(lr=0.01, betas=(0.9, 0.999), eps=1e-7, weight_decay=wd, amsgrad=amsgrad)
-    opt = _variant(name, variant)(**hyper)
-    ours = normref_trajectory(opt, [np.array(p0)], [[np.array(g)] for g in grads])[-1][0]
     expected = _direct(
         grads,
         p0,
@@ -190,18 +183,16 @@ def test_variant_equals_a_direct_rederivation(name, variant, convention, wd, ams
         convention=convention,
         amsgrad=amsgrad,
     )
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(
-        OURS[name](**hyper), [np.array(p0)], [[np.array(g)] for g in grads]
+    assert_variant_equals_direct(
+        variant_factory(name, variant), OURS[name], hyper, grads, p0, expected, separation=1e-9
     )
-    assert not np.allclose(ours, reference[-1][0], rtol=1e-9, atol=0), "the probe must separate it"
 
 
 def test_keras_eps_hat_is_eps_out_with_a_step_dependent_eps():
     """lr*sqrt(bc2)/bc1 * m/(sqrt(v)+eps) = lr/bc1 * m/(sqrt(v)/sqrt(bc2) + eps/sqrt(bc2)): one step
     of the Keras form equals the reference with eps / sqrt(1 - b2)."""
     p, g = [np.array([0.3])], [np.array([1e-6])]
-    keras = _variant("adam", "keras_eps_hat")(lr=1e-3, eps=1e-7)
+    keras = variant_factory("adam", "keras_eps_hat")(lr=1e-3, eps=1e-7)
     ours = keras.update(p, g, keras.init(p))[0][0]
     ref = optim.adam(1e-3, eps=1e-7 / math.sqrt(1 - 0.999))
     np.testing.assert_allclose(ours, ref.update(p, g, ref.init(p))[0][0], rtol=1e-13)
@@ -210,7 +201,7 @@ def test_keras_eps_hat_is_eps_out_with_a_step_dependent_eps():
 
 
 def test_variants_keep_the_contract_and_never_dispatch_to_kernels():
-    opt = _variant("adam", "eps_root")(lr=0.01)
+    opt = variant_factory("adam", "eps_root")(lr=0.01)
     params = {"w": np.ones(3)}
     state = opt.init(params)
     new, new_state = opt.update(params, {"w": np.full(3, 0.5)}, state)

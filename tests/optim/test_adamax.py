@@ -1,68 +1,29 @@
-"""Adamax against torch.optim.Adamax (single-tensor path), 50 steps, float64 and float32, every
-option combination; against optax.adamax; its Keras variant against a direct re-derivation; the
-contract; errors."""
+"""Adamax against optax.adamax; its first step; its Keras variant against a direct
+re-derivation; errors. Against torch.optim.Adamax (every option combination, other betas and eps,
+a scheduled lr): test_optim_trajectories_vs_torch.py; the contract:
+test_optim_contract_checks.py."""
 
 import math
 
 import numpy as np
 import pytest
 from contract_checks import (
-    optax_trajectory,
-    torch_trajectory_in,
-)
-from optim_trajectories import (
-    assert_trajectories_close,
-    gradient_sequence,
-    initial_params,
-    normref_trajectory,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
+    variant_factory,
 )
 
 from normref import optim
-from normref.optim import schedules
-from normref.registry import OPTIMIZERS
-
-torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 7e-3
 
 
-@pytest.mark.parametrize(
-    "betas, eps", [((0.0, 0.5), 1e-6), ((0.3, 0.0), 1e-3), ((0.99, 0.9), 1e-12)]
-)
-def test_other_betas_and_eps_equal_torch(betas, eps):
-    """b1 <= 0.5 takes the other branch of PyTorch's lerp; b2 = 0 makes u = |g| + eps."""
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=20)
-    kw = dict(betas=betas, eps=eps, weight_decay=0.01)
-    ours = normref_trajectory(optim.adamax(0.02, **kw), params, grads)
-    theirs = torch_trajectory_in(
-        dtype, lambda ps: torch.optim.Adamax(ps, lr=0.02, foreach=False, **kw), params, grads
-    )
-    assert_trajectories_close(ours, theirs, dtype)
-
-
-def test_scheduled_lr_equals_torch_lambda_lr():
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    lr = schedules.cosine_with_warmup(LR, warmup_steps=5, total_steps=40, initial=1e-4)
-    ours = normref_trajectory(optim.adamax(lr, weight_decay=0.05), params, grads)
-    theirs = torch_trajectory_in(
-        dtype,
-        lambda ps: torch.optim.Adamax(ps, lr=LR, weight_decay=0.05, foreach=False),
-        params,
-        grads,
-        make_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: lr(t) / LR),
-    )
-    assert_trajectories_close(ours, theirs, dtype)
-
-
 def test_equals_optax_adamax():
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
-    ours = normref_trajectory(optim.adamax(LR, eps=1e-7), params, grads)
-    theirs = optax_trajectory(optax.adamax(LR, eps=1e-7), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = optim.adamax(LR, eps=1e-7)
+    assert_trajectory_equals(ours, optax_peer(optax.adamax(LR, eps=1e-7)), steps=30)
 
 
 def test_first_step_moves_each_element_by_lr():
@@ -89,21 +50,12 @@ def _keras_direct(grads, p0, *, lr, b1, b2, eps):
 
 
 def test_keras_variant_equals_a_direct_rederivation():
-    rng = np.random.default_rng(5)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-8, 1)) for _ in range(12)]
-    grads[4] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(5, steps=12, low=-8, zero_step=4)
     p0 = [0.5, -1.0, 2.0]
-    variant = {v.name: v for v in OPTIMIZERS["adamax"].variants}["keras_eps_outside_max"]
-    hyper = dict(lr=0.01, eps=1e-7)
-    ours = normref_trajectory(
-        variant.factory(**hyper), [np.array(p0)], [[np.array(g)] for g in grads]
-    )[-1][0]
+    variant = variant_factory("adamax", "keras_eps_outside_max")
     expected = _keras_direct(grads, p0, lr=0.01, b1=0.9, b2=0.999, eps=1e-7)
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(
-        optim.adamax(**hyper), [np.array(p0)], [[np.array(g)] for g in grads]
-    )[-1][0]
-    assert not np.allclose(ours, reference, rtol=1e-9, atol=0), "the probe must separate it"
+    hyper = dict(lr=0.01, eps=1e-7)
+    assert_variant_equals_direct(variant, optim.adamax, hyper, grads, p0, expected, separation=1e-9)
 
 
 # -- contract and errors ------------------------------------------------------------------------

@@ -3,10 +3,17 @@ optax.lamb (where optax imports: it is not a test dependency, so CI may skip tho
 float64 and float32; the masks; the trust ratio's zero cases; Keras' and pytorch_optimizer's
 conventions against direct re-derivations of their steps; the contract; errors."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 from contract_checks import (
-    optax_trajectory,
+    FLOAT_DTYPES,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
+    variant_factory,
 )
 from optim_trajectories import (
     assert_trajectories_close,
@@ -17,10 +24,8 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 LR = 1e-2
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 HYPERS = pytest.mark.parametrize(
     "hyper",
     [dict(), dict(weight_decay=0.1), dict(betas=(0.5, 0.9), eps=1e-3, weight_decay=0.01)],
@@ -61,44 +66,34 @@ def _paper_kwargs(hyper):
     return dict(b1=b1, b2=b2, eps=hyper.get("eps", 1e-6), wd=hyper.get("weight_decay", 0.0))
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_trajectory_equals_the_papers_algorithm(hyper, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.lamb(LR, **hyper), params, grads)
-    expected = lamb_paper(params, grads, lr=LR, **_paper_kwargs(hyper))
-    assert_trajectories_close(ours, expected, dtype)
+    paper = partial(lamb_paper, lr=LR, **_paper_kwargs(hyper))
+    assert_trajectory_equals(optim.lamb(LR, **hyper), paper, dtype)
 
 
 def test_scheduled_lr_equals_the_papers_algorithm():
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
     lr = schedules.linear_with_warmup(LR, warmup_steps=10, total_steps=50)
-    ours = normref_trajectory(optim.lamb(lr, weight_decay=0.01), params, grads)
-    expected = lamb_paper(params, grads, lr=lr, wd=0.01)
-    assert_trajectories_close(ours, expected, np.float64)
+    assert_trajectory_equals(optim.lamb(lr, weight_decay=0.01), partial(lamb_paper, lr=lr, wd=0.01))
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_trajectory_equals_optax_lamb(hyper, dtype):
     """optax: scale_by_adam, add_decayed_weights, scale_by_trust_ratio, scale_by_learning_rate."""
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
     kw = _paper_kwargs(hyper)
-    ours = normref_trajectory(optim.lamb(LR, **hyper), params, grads)
     tx = optax.lamb(LR, b1=kw["b1"], b2=kw["b2"], eps=kw["eps"], weight_decay=kw["wd"])
-    assert_trajectories_close(ours, optax_trajectory(tx, params, grads), dtype)
+    assert_trajectory_equals(optim.lamb(LR, **hyper), optax_peer(tx), dtype)
 
 
 def test_weight_decay_mask_equals_optax_mask():
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=20)
     mask = [False, True, True, False]
-    ours = normref_trajectory(
-        optim.lamb(LR, weight_decay=0.2, weight_decay_mask=mask), params, grads
-    )
-    theirs = optax_trajectory(optax.lamb(LR, weight_decay=0.2, mask=mask), params, grads)
-    assert_trajectories_close(ours, theirs, np.float64)
+    ours = optim.lamb(LR, weight_decay=0.2, weight_decay_mask=mask)
+    theirs = optax_peer(optax.lamb(LR, weight_decay=0.2, mask=mask))
+    assert_trajectory_equals(ours, theirs, steps=20)
 
 
 # -- masks and the ratio's edge cases -----------------------------------------------------------
@@ -153,10 +148,6 @@ def test_mask_errors_are_clear_and_early():
 # -- conventions of peers -----------------------------------------------------------------------
 
 
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["lamb"].variants}[name].factory
-
-
 def _direct(grads, p0, *, lr, b1, b2, eps, wd, convention):
     """Keras 3 Lamb (keras/src/optimizers/lamb.py::update_step after the base class' decoupled
     decay), pytorch_optimizer Lamb (its defaults: weight_decouple, no adam_debias, clamp 10), and
@@ -199,18 +190,20 @@ CASES = [
 
 @pytest.mark.parametrize("variant, convention", CASES)
 def test_variant_equals_a_direct_rederivation(variant, convention):
-    rng = np.random.default_rng(19)
-    grads = [list(rng.normal(size=4) * 10.0 ** rng.integers(-3, 1)) for _ in range(15)]
+    grads = direct_gradients(19, steps=15, low=-3, size=4)
     p0 = [5.0, -6.0, 7.0, 3.0]  # ||p|| ~ 11 > 10: the clamp acts
-    hyper = dict(lr=0.05, eps=1e-6, weight_decay=0.2)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant(variant)(**hyper), [np.array(p0)], sequence)[-1][0]
     expected = _direct(
         grads, p0, lr=0.05, b1=0.9, b2=0.999, eps=1e-6, wd=0.2, convention=convention
     )
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(optim.lamb(**hyper), [np.array(p0)], sequence)[-1][0]
-    assert not np.allclose(ours, reference, rtol=1e-6, atol=0), "the probe must separate it"
+    assert_variant_equals_direct(
+        variant_factory("lamb", variant),
+        optim.lamb,
+        dict(lr=0.05, eps=1e-6, weight_decay=0.2),
+        grads,
+        p0,
+        expected,
+        separation=1e-6,
+    )
 
 
 # -- contract and errors ------------------------------------------------------------------------

@@ -4,11 +4,18 @@ not a test dependency, so CI may skip those), 50 steps, float64 and float32; exc
 momentum SGD (checked against torch.optim.SGD); the masks; pytorch_optimizer's conventions against
 direct re-derivations; the contract; errors."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 from contract_checks import (
-    optax_trajectory,
+    FLOAT_DTYPES,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
     torch_trajectory_in,
+    variant_factory,
 )
 from optim_trajectories import (
     assert_trajectories_close,
@@ -19,10 +26,8 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 LR = 2.0  # LARS' global rates are large: the trust coefficient 1e-3 scales them down
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 HYPERS = pytest.mark.parametrize(
     "hyper",
     [
@@ -69,45 +74,37 @@ def _paper_kwargs(hyper):
     )
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_trajectory_equals_the_papers_algorithm(hyper, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.lars(LR, **hyper), params, grads)
-    expected = lars_paper(params, grads, lr=LR, **_paper_kwargs(hyper))
-    assert_trajectories_close(ours, expected, dtype)
+    paper = partial(lars_paper, lr=LR, **_paper_kwargs(hyper))
+    assert_trajectory_equals(optim.lars(LR, **hyper), paper, dtype)
 
 
 def test_scheduled_lr_is_inside_the_momentum_as_in_the_paper():
     """The paper's polynomial decay gamma_t = gamma_0 (1 - t/T)^2, read at each step."""
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
     lr = lambda t: LR * (1 - t / 50) ** 2  # noqa: E731
-    ours = normref_trajectory(optim.lars(lr, weight_decay=1e-3), params, grads)
-    expected = lars_paper(params, grads, lr=lr, beta=1e-3)
-    assert_trajectories_close(ours, expected, np.float64)
+    assert_trajectory_equals(
+        optim.lars(lr, weight_decay=1e-3), partial(lars_paper, lr=lr, beta=1e-3)
+    )
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_optax_variant_equals_optax_lars(hyper, dtype):
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    variant = {v.name: v for v in OPTIMIZERS["lars"].variants}["optax_trust_ratio"].factory
-    ours = normref_trajectory(variant(lr=LR, **hyper), params, grads)
-    theirs = optax_trajectory(optax.lars(LR, **hyper), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = variant_factory("lars", "optax_trust_ratio")(lr=LR, **hyper)
+    assert_trajectory_equals(ours, optax_peer(optax.lars(LR, **hyper)), dtype)
 
 
 def test_optax_masks_equal_optax_lars():
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=20)
     masks = dict(
         weight_decay_mask=[False, True, True, False], trust_ratio_mask=[True, False, True, True]
     )
-    variant = {v.name: v for v in OPTIMIZERS["lars"].variants}["optax_trust_ratio"].factory
-    ours = normref_trajectory(variant(lr=LR, weight_decay=0.01, **masks), params, grads)
-    theirs = optax_trajectory(optax.lars(LR, weight_decay=0.01, **masks), params, grads)
-    assert_trajectories_close(ours, theirs, np.float64)
+    ours = variant_factory("lars", "optax_trust_ratio")(lr=LR, weight_decay=0.01, **masks)
+    theirs = optax_peer(optax.lars(LR, weight_decay=0.01, **masks))
+    assert_trajectory_equals(ours, theirs, steps=20)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -115,15 +112,12 @@ def test_excluded_tensors_are_momentum_sgd_as_torch(nesterov):
     """Out of the trust-ratio mask, without decay: PyTorch's SGD with momentum (lr inside the
     buffer is the same trajectory for a constant lr)."""
     torch = pytest.importorskip("torch")
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
     opt = optim.lars(0.01, momentum=0.9, nesterov=nesterov, trust_ratio_mask=False)
-    theirs = torch_trajectory_in(
-        np.float64,
-        lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=nesterov, foreach=False),
-        params,
-        grads,
-    )
-    assert_trajectories_close(normref_trajectory(opt, params, grads), theirs, np.float64)
+
+    def sgd(ps):
+        return torch.optim.SGD(ps, lr=0.01, momentum=0.9, nesterov=nesterov, foreach=False)
+
+    assert_trajectory_equals(opt, partial(torch_trajectory_in, np.float64, sgd))
 
 
 def test_bias_exclusion_by_predicate_and_by_dict():
@@ -159,10 +153,6 @@ def test_zero_norms_take_the_unscaled_step():
 # -- conventions of peers -----------------------------------------------------------------------
 
 
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["lars"].variants}[name].factory
-
-
 def _direct(grads, p0, *, lr, mu, wd, eta, eps, convention):
     """pytorch_optimizer-style LARS steps (lr after the momentum; its ratio without decay or
     eps), one tensor at a time, lr a function of the 0-based step."""
@@ -186,22 +176,19 @@ def _direct(grads, p0, *, lr, mu, wd, eta, eps, convention):
     [("gradient_only_ratio", "gradient_only"), ("lr_outside_momentum", "lr_outside")],
 )
 def test_variant_equals_a_direct_rederivation(variant, convention):
-    rng = np.random.default_rng(23)
-    grads = [list(rng.normal(size=4) * 10.0 ** rng.integers(-2, 1)) for _ in range(15)]
+    grads = direct_gradients(23, steps=15, low=-2, size=4)
     p0 = [0.5, -1.0, 2.0, 0.1]
     lr = schedules.step_decay(5.0, step_size=5, gamma=0.2)  # separates the lr placements
     hyper = dict(lr=lr, momentum=0.9, weight_decay=0.05, trust_coefficient=0.01, eps=1e-6)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant(variant)(**hyper), [np.array(p0)], sequence)[-1][0]
     expected = _direct(grads, p0, lr=lr, mu=0.9, wd=0.05, eta=0.01, eps=1e-6, convention=convention)
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(optim.lars(**hyper), [np.array(p0)], sequence)[-1][0]
-    assert not np.allclose(ours, reference, rtol=1e-6, atol=0), "the probe must separate it"
+    assert_variant_equals_direct(
+        variant_factory("lars", variant), optim.lars, hyper, grads, p0, expected, separation=1e-6
+    )
 
 
 def test_optax_ratio_differs_only_with_weight_decay():
     params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=10)
-    optax_like = _variant("optax_trust_ratio")
+    optax_like = variant_factory("lars", "optax_trust_ratio")
     same = normref_trajectory(optax_like(lr=LR), params, grads)
     assert_trajectories_close(same, normref_trajectory(optim.lars(LR), params, grads), np.float64)
     a = normref_trajectory(optax_like(lr=LR, weight_decay=0.5), params, grads)[-1][0]

@@ -3,13 +3,19 @@ optax.lion (where optax imports: it is not a test dependency, so CI may skip tho
 float64 and float32; sign(0) = 0; pytorch_optimizer's weight-decay variants against direct
 re-derivations of its step; the contract; errors."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 from contract_checks import (
-    optax_trajectory,
+    FLOAT_DTYPES,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
+    variant_factory,
 )
 from optim_trajectories import (
-    assert_trajectories_close,
     assert_trajectories_identical,
     gradient_sequence,
     initial_params,
@@ -18,10 +24,8 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 LR = 3e-3
-DTYPES = pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 HYPERS = pytest.mark.parametrize(
     "hyper",
     [dict(), dict(weight_decay=0.1), dict(betas=(0.95, 0.98), weight_decay=1.0)],
@@ -52,45 +56,35 @@ def _paper_kwargs(hyper):
     return dict(b1=b1, b2=b2, wd=hyper.get("weight_decay", 0.0))
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_trajectory_equals_the_papers_algorithm(hyper, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    ours = normref_trajectory(optim.lion(LR, **hyper), params, grads)
-    expected = lion_paper(params, grads, lr=LR, **_paper_kwargs(hyper))
-    assert_trajectories_close(ours, expected, dtype)
+    paper = partial(lion_paper, lr=LR, **_paper_kwargs(hyper))
+    assert_trajectory_equals(optim.lion(LR, **hyper), paper, dtype)
 
 
 def test_scheduled_lr_equals_the_papers_algorithm():
     """Algorithm 2 reads eta_t at each step: our schedule at the 0-based step."""
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64)
     lr = schedules.cosine_with_warmup(LR, warmup_steps=5, total_steps=50)
-    ours = normref_trajectory(optim.lion(lr, weight_decay=0.3), params, grads)
-    assert_trajectories_close(ours, lion_paper(params, grads, lr=lr, wd=0.3), np.float64)
+    assert_trajectory_equals(optim.lion(lr, weight_decay=0.3), partial(lion_paper, lr=lr, wd=0.3))
 
 
-@DTYPES
+@FLOAT_DTYPES
 @HYPERS
 def test_trajectory_equals_optax_lion(hyper, dtype):
     """optax: scale_by_lion, add_decayed_weights, scale_by_learning_rate (unjitted: bitwise)."""
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
     kw = _paper_kwargs(hyper)
-    ours = normref_trajectory(optim.lion(LR, **hyper), params, grads)
-    theirs = optax_trajectory(
-        optax.lion(LR, b1=kw["b1"], b2=kw["b2"], weight_decay=kw["wd"]), params, grads
-    )
-    assert_trajectories_close(ours, theirs, dtype)
+    tx = optax.lion(LR, b1=kw["b1"], b2=kw["b2"], weight_decay=kw["wd"])
+    assert_trajectory_equals(optim.lion(LR, **hyper), optax_peer(tx), dtype)
 
 
 def test_scheduled_lr_and_weight_decay_equal_optax():
     optax = pytest.importorskip("optax")
-    params, grads = initial_params(np.float64), gradient_sequence(np.float64, steps=20)
     lr = schedules.linear_with_warmup(LR, warmup_steps=4, total_steps=20)
     wd = schedules.step_decay(0.5, step_size=7, gamma=0.1)
-    ours = normref_trajectory(optim.lion(lr, weight_decay=wd), params, grads)
-    theirs = optax_trajectory(optax.lion(lr, weight_decay=wd), params, grads)
-    assert_trajectories_close(ours, theirs, np.float64)
+    ours = optim.lion(lr, weight_decay=wd)
+    assert_trajectory_equals(ours, optax_peer(optax.lion(lr, weight_decay=wd)), steps=20)
 
 
 def test_each_element_moves_by_exactly_lr_and_sign_of_zero_is_zero():
@@ -112,10 +106,6 @@ def test_nan_propagates_to_that_element_only():
 
 
 # -- pytorch_optimizer's variants ---------------------------------------------------------------
-
-
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["lion"].variants}[name].factory
 
 
 def _pytorch_optimizer_direct(grads, p0, *, lr, b1, b2, wd, weight_decouple, fixed_decay):
@@ -140,12 +130,8 @@ def _pytorch_optimizer_direct(grads, p0, *, lr, b1, b2, wd, weight_decouple, fix
     [(None, True, False), ("l2_weight_decay", False, False), ("unscaled_decay", True, True)],
 )
 def test_variants_equal_pytorch_optimizer_rederived(variant, weight_decouple, fixed_decay):
-    rng = np.random.default_rng(17)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-3, 1)) for _ in range(20)]
+    grads = direct_gradients(17, steps=20, low=-3)
     p0 = [0.5, -1.0, 2.0]
-    hyper = dict(lr=0.01, weight_decay=0.5)
-    make = optim.lion if variant is None else _variant(variant)
-    ours = normref_trajectory(make(**hyper), [np.array(p0)], [[np.array(g)] for g in grads])
     expected = _pytorch_optimizer_direct(
         grads,
         p0,
@@ -156,12 +142,15 @@ def test_variants_equal_pytorch_optimizer_rederived(variant, weight_decouple, fi
         weight_decouple=weight_decouple,
         fixed_decay=fixed_decay,
     )
-    np.testing.assert_allclose(ours[-1][0], expected, rtol=1e-12, atol=1e-15)
-    if variant is not None:
-        reference = normref_trajectory(
-            optim.lion(**hyper), [np.array(p0)], [[np.array(g)] for g in grads]
-        )
-        assert not np.allclose(ours[-1][0], reference[-1][0], rtol=1e-6, atol=0)
+    assert_variant_equals_direct(
+        optim.lion if variant is None else variant_factory("lion", variant),
+        None if variant is None else optim.lion,  # the reference itself: nothing to separate
+        dict(lr=0.01, weight_decay=0.5),
+        grads,
+        p0,
+        expected,
+        separation=1e-6,
+    )
 
 
 # -- contract and errors ------------------------------------------------------------------------
@@ -169,7 +158,7 @@ def test_variants_equal_pytorch_optimizer_rederived(variant, weight_decouple, fi
 
 def test_variants_keep_the_contract():
     for variant in ("l2_weight_decay", "unscaled_decay"):
-        make = lambda v=variant: _variant(v)(lr=LR, weight_decay=0.1)  # noqa: E731
+        make = lambda v=variant: variant_factory("lion", v)(lr=LR, weight_decay=0.1)  # noqa: E731
         params, grads = initial_params(np.float32), gradient_sequence(np.float32, steps=5)
         assert_trajectories_identical(
             normref_trajectory(make(), params, grads, in_place=True),

@@ -1,6 +1,7 @@
-"""NAdam against torch.optim.NAdam (single-tensor path), 50 steps, float64 and float32, every
-option combination; the momentum schedule's product; the Keras and optax variants against direct
-re-derivations of their formulas (and optax.nadam itself); the contract; errors."""
+"""NAdam against torch.optim.NAdam (single-tensor path) under OneCycleLR and under torch's float32
+default dtype (every option combination and other hyperparameters:
+test_optim_trajectories_vs_torch.py); the momentum schedule's product; the Keras and optax variants
+against direct re-derivations of their formulas (and optax.nadam itself); errors."""
 
 import functools
 import itertools
@@ -8,10 +9,14 @@ import itertools
 import numpy as np
 import pytest
 from contract_checks import (
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
     combo_id,
-    optax_trajectory,
+    direct_gradients,
+    optax_peer,
     torch_factory,
     torch_trajectory_in,
+    variant_factory,
 )
 from optim_trajectories import (
     assert_trajectories_close,
@@ -22,7 +27,6 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
@@ -34,25 +38,6 @@ COMBOS = [
 
 
 _torch = functools.partial(torch_factory, "NAdam")
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(momentum_decay=0.0),
-        dict(momentum_decay=1.0),  # Keras' schedule
-        dict(momentum_decay=0.05, betas=(0.3, 0.9), eps=1e-6),
-        dict(betas=(0.0, 0.5), eps=1e-3),
-        dict(betas=(0.99, 0.0), weight_decay=0.01),
-    ],
-    ids=combo_id,
-)
-def test_other_hyperparameters_equal_torch(kw):
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=25)
-    ours = normref_trajectory(optim.nadam(0.02, **kw), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=0.02, **kw), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
 
 
 def test_scheduled_lr_and_b1_equal_torch_one_cycle():
@@ -105,10 +90,6 @@ def test_the_schedule_product_depends_on_the_step_alone():
 # -- variants -----------------------------------------------------------------------------------
 
 
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["nadam"].variants}[name].factory
-
-
 def _keras_direct(grads, p0, *, lr, b1, b2, eps):
     """keras/src/optimizers/nadam.py (update_step and _backend_update_step), scalar by scalar."""
     p, m, v, u_product = list(p0), [0.0] * len(p0), [0.0] * len(p0), 1.0
@@ -143,17 +124,13 @@ def _optax_direct(grads, p0, *, lr, b1, b2, eps):
     [("keras_momentum_schedule", _keras_direct), ("optax_nesterov", _optax_direct)],
 )
 def test_variant_equals_a_direct_rederivation(variant, direct):
-    rng = np.random.default_rng(7)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-6, 1)) for _ in range(15)]
-    grads[5] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(7, steps=15, low=-6, zero_step=5)
     p0 = [0.5, -1.0, 2.0]
-    hyper = dict(lr=0.01, eps=1e-7)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant(variant)(**hyper), [np.array(p0)], sequence)[-1][0]
     expected = direct(grads, p0, lr=0.01, b1=0.9, b2=0.999, eps=1e-7)
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(optim.nadam(**hyper), [np.array(p0)], sequence)[-1][0]
-    assert not np.allclose(ours, reference, rtol=1e-6, atol=0), "the probe must separate it"
+    hyper = dict(lr=0.01, eps=1e-7)
+    assert_variant_equals_direct(
+        variant_factory("nadam", variant), optim.nadam, hyper, grads, p0, expected, separation=1e-6
+    )
 
 
 @pytest.mark.parametrize("combo", COMBOS[:4], ids=combo_id)
@@ -163,7 +140,7 @@ def test_float32_product_variant_is_torch_under_its_default_dtype(combo):
     dtype = np.float64
     params, grads = initial_params(dtype), gradient_sequence(dtype)
     theirs = torch_trajectory_in(np.float32, _torch(lr=LR, **combo), params, grads)
-    variant = _variant("float32_schedule_product")(lr=LR, **combo)
+    variant = variant_factory("nadam", "float32_schedule_product")(lr=LR, **combo)
     assert_trajectories_close(normref_trajectory(variant, params, grads), theirs, dtype)
     reference = normref_trajectory(optim.nadam(LR, **combo), params, grads)
     with pytest.raises(AssertionError):
@@ -172,11 +149,8 @@ def test_float32_product_variant_is_torch_under_its_default_dtype(combo):
 
 def test_optax_variant_equals_optax_nadam():
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
-    ours = normref_trajectory(_variant("optax_nesterov")(lr=LR), params, grads)
-    theirs = optax_trajectory(optax.nadam(LR), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = variant_factory("nadam", "optax_nesterov")(lr=LR)
+    assert_trajectory_equals(ours, optax_peer(optax.nadam(LR)), steps=30)
 
 
 # -- contract and errors ------------------------------------------------------------------------

@@ -5,9 +5,9 @@ through the array API, 16-bit params, and every refusal happens before anything 
 import array_api_strict
 import numpy as np
 import pytest
+from contract_checks import arrays_of, assert_update_in_place_equals_update
 from optim_trajectories import (
     PARAM_DTYPES,
-    assert_trajectories_identical,
     bfloat16,
     gradient_sequence,
     initial_params,
@@ -38,20 +38,7 @@ OPTIMIZERS = {
 @pytest.mark.parametrize("dtype", PARAM_DTYPES, ids=lambda d: d.__name__)
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_update_in_place_equals_update_bit_for_bit(name, dtype):
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
-    pure = normref_trajectory(OPTIMIZERS[name](), params, grads)
-    in_place = normref_trajectory(OPTIMIZERS[name](), params, grads, in_place=True)
-    assert_trajectories_identical(in_place, pure)
-
-
-def _arrays(tree):
-    if tree is None:
-        return []
-    if isinstance(tree, np.ndarray):
-        return [tree]
-    if isinstance(tree, dict):
-        return [a for v in tree.values() for a in _arrays(v)]
-    return [a for v in tree for a in _arrays(v)]
+    assert_update_in_place_equals_update(OPTIMIZERS[name], dtype)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -63,12 +50,12 @@ def test_update_is_pure_and_shares_no_memory(name):
     for grads in sequence:  # a few steps, so that every slot is live
         params, state = opt.update(params, dict(zip("abcd", grads)), state)
     grads = dict(zip("abcd", sequence[0]))
-    before = [a.copy() for a in _arrays((params, grads, state))]
+    before = [a.copy() for a in arrays_of((params, grads, state))]
     new_params, new_state = opt.update(params, grads, state)
-    after = _arrays((params, grads, state))
+    after = arrays_of((params, grads, state))
     for a, b in zip(before, after):
         assert a.tobytes() == b.tobytes()
-    for new in _arrays((new_params, new_state)):
+    for new in arrays_of((new_params, new_state)):
         for old in after:
             assert not np.shares_memory(new, old)
 
@@ -191,7 +178,7 @@ def test_bfloat16_update_in_place_runs_the_fused_kernel_and_equals_update(name):
             assert x.dtype == y.dtype == bfloat16
             assert x.tobytes() == y.tobytes(), f"step {step}, param {i}"
     for field, a, b in zip(state._fields[1:], fused_state[1:], state[1:]):
-        for x, y in zip(_arrays(a), _arrays(b)):
+        for x, y in zip(arrays_of(a), arrays_of(b)):
             assert x.dtype == np.float32 and x.tobytes() == y.tobytes(), field
 
 
@@ -211,11 +198,11 @@ def test_step_counts_updates_and_is_a_host_int64():
 
 
 def _snapshot(*trees):
-    return [a.copy() for a in _arrays(trees)]
+    return [a.copy() for a in arrays_of(trees)]
 
 
 def _unchanged(snapshot, *trees):
-    return all(a.tobytes() == b.tobytes() for a, b in zip(snapshot, _arrays(trees)))
+    return all(a.tobytes() == b.tobytes() for a, b in zip(snapshot, arrays_of(trees)))
 
 
 def _live(opt, params):

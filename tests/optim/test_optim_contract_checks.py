@@ -11,15 +11,11 @@ from contract_checks import (
     assert_runs_on_array_api_strict_and_torch,
     assert_update_in_place_equals_update,
     assert_update_is_pure,
+    variant_factory,
 )
 from optim_trajectories import PARAM_DTYPES
 
 from normref import optim
-from normref.registry import OPTIMIZERS
-
-
-def _variant(optimizer, name):
-    return {v.name: v for v in OPTIMIZERS[optimizer].variants}[name].factory
 
 
 def _case(make, checkpoint_dtype, *, pure=None, checkpoint=None, bad_grads=None):
@@ -53,7 +49,7 @@ CASES = {
         _radam,
         np.float32,
         # the variant leaves p unmoved before rectification: update must still return a copy
-        pure=(_radam, lambda: _variant("radam", "skip_unrectified")(lr=4e-3)),
+        pure=(_radam, lambda: variant_factory("radam", "skip_unrectified")(lr=4e-3)),
     ),
     "adagrad": _case(
         lambda: optim.adagrad(

@@ -18,25 +18,18 @@ import yaml
 from normref.registry import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[2]
+_UPDATE_SECTIONS = (
+    "Definition",
+    "Symbols",
+    "Update",
+    "Numerics",
+    "Conventions of peers",
+    "Edge cases",
+    "References",
+)
 SECTIONS = {
-    "optimizer": (
-        "Definition",
-        "Symbols",
-        "Update",
-        "Numerics",
-        "Conventions of peers",
-        "Edge cases",
-        "References",
-    ),
-    "gradient_transform": (
-        "Definition",
-        "Symbols",
-        "Update",
-        "Numerics",
-        "Conventions of peers",
-        "Edge cases",
-        "References",
-    ),
+    "optimizer": _UPDATE_SECTIONS,
+    "gradient_transform": _UPDATE_SECTIONS,
     "schedule": (
         "Definition",
         "Symbols",

@@ -1,68 +1,23 @@
-"""RAdam against torch.optim.RAdam (single-tensor path), 50 steps, float64 and float32, every
-option combination; the rectification threshold; the optax and pytorch_optimizer variants against
-direct re-derivations (and optax.radam itself); the contract; errors."""
+"""RAdam: the rectification threshold; the optax and pytorch_optimizer variants against direct
+re-derivations (and optax.radam itself); errors. Against torch.optim.RAdam (every option
+combination, other hyperparameters, a scheduled lr): test_optim_trajectories_vs_torch.py; the
+contract: test_optim_contract_checks.py."""
 
-import functools
 import math
 
 import numpy as np
 import pytest
 from contract_checks import (
-    combo_id,
-    optax_trajectory,
-    torch_factory,
-    torch_trajectory_in,
-)
-from optim_trajectories import (
-    assert_trajectories_close,
-    gradient_sequence,
-    initial_params,
-    normref_trajectory,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
+    variant_factory,
 )
 
 from normref import optim
-from normref.optim import schedules
-from normref.registry import OPTIMIZERS
-
-torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
 LR = 4e-3
-
-
-_torch = functools.partial(torch_factory, "RAdam")
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(betas=(0.9, 0.9), eps=1e-6),  # a short average: rho_inf = 19
-        dict(betas=(0.0, 0.99), eps=1e-3),
-        dict(betas=(0.5, 0.0)),  # rho_inf = 1: never rectified, momentum SGD throughout
-        dict(betas=(0.95, 0.9999), weight_decay=0.01, decoupled_weight_decay=True),
-    ],
-    ids=combo_id,
-)
-def test_other_hyperparameters_equal_torch(kw):
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=25)
-    ours = normref_trajectory(optim.radam(0.02, **kw), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=0.02, **kw), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
-
-
-def test_scheduled_lr_equals_torch_lambda_lr():
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype)
-    lr = schedules.linear_with_warmup(LR, warmup_steps=8, total_steps=50)
-    ours = normref_trajectory(optim.radam(lr, weight_decay=0.05), params, grads)
-    theirs = torch_trajectory_in(
-        dtype,
-        _torch(lr=LR, weight_decay=0.05),
-        params,
-        grads,
-        make_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: lr(t) / LR),
-    )
-    assert_trajectories_close(ours, theirs, dtype)
 
 
 def _rho(t, b2):
@@ -99,10 +54,6 @@ def test_threshold_probe_separates_strict_from_non_strict():
 # -- variants -----------------------------------------------------------------------------------
 
 
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["radam"].variants}[name].factory
-
-
 def _direct(grads, p0, *, lr, b1, b2, eps, convention):
     """Each peer's RAdam, scalar by scalar: optax/_src/transform.py::scale_by_radam, and
     pytorch_optimizer RAdam (degenerated_to_sgd=False: no step below the threshold)."""
@@ -128,26 +79,24 @@ def _direct(grads, p0, *, lr, b1, b2, eps, convention):
     "variant, convention", [("optax_eps_on_v_hat", "optax"), ("skip_unrectified", "pt_opt")]
 )
 def test_variant_equals_a_direct_rederivation(variant, convention):
-    rng = np.random.default_rng(9)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-6, 1)) for _ in range(14)]
-    grads[8] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(9, steps=14, low=-6, zero_step=8)
     p0 = [0.5, -1.0, 2.0]
-    hyper = dict(lr=0.01, eps=1e-6)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant(variant)(**hyper), [np.array(p0)], sequence)[-1][0]
     expected = _direct(grads, p0, lr=0.01, b1=0.9, b2=0.999, eps=1e-6, convention=convention)
-    np.testing.assert_allclose(ours, expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(optim.radam(**hyper), [np.array(p0)], sequence)[-1][0]
-    assert not np.allclose(ours, reference, rtol=1e-9, atol=0), "the probe must separate it"
+    assert_variant_equals_direct(
+        variant_factory("radam", variant),
+        optim.radam,
+        dict(lr=0.01, eps=1e-6),
+        grads,
+        p0,
+        expected,
+        separation=1e-9,
+    )
 
 
 def test_optax_variant_equals_optax_radam():
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
-    ours = normref_trajectory(_variant("optax_eps_on_v_hat")(lr=LR), params, grads)
-    theirs = optax_trajectory(optax.radam(LR), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = variant_factory("radam", "optax_eps_on_v_hat")(lr=LR)
+    assert_trajectory_equals(ours, optax_peer(optax.radam(LR)), steps=30)
 
 
 # -- contract and errors ------------------------------------------------------------------------

@@ -1,16 +1,20 @@
-"""RMSprop against torch.optim.RMSprop (single-tensor path), 50 steps, float64 and float32, every
-option combination; against optax.rmsprop; the eps and lr-placement variants against direct
-re-derivations of Keras' update; the contract; errors."""
+"""RMSprop against torch.optim.RMSprop (single-tensor path) under OneCycleLR (every option
+combination and other hyperparameters: test_optim_trajectories_vs_torch.py); against
+optax.rmsprop; the eps and lr-placement variants against direct re-derivations of Keras' update;
+the state's fields; errors."""
 
 import functools
 
 import numpy as np
 import pytest
 from contract_checks import (
-    combo_id,
-    optax_trajectory,
+    assert_trajectory_equals,
+    assert_variant_equals_direct,
+    direct_gradients,
+    optax_peer,
     torch_factory,
     torch_trajectory_in,
+    variant_factory,
 )
 from optim_trajectories import (
     assert_trajectories_close,
@@ -21,7 +25,6 @@ from optim_trajectories import (
 
 from normref import optim
 from normref.optim import schedules
-from normref.registry import OPTIMIZERS
 
 torch = pytest.importorskip("torch", reason="torch.optim is the implementation checked against")
 
@@ -29,23 +32,6 @@ LR = 3e-3
 
 
 _torch = functools.partial(torch_factory, "RMSprop")
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        dict(alpha=0.0, eps=1e-6),  # v = g^2: sign-like steps
-        dict(alpha=0.5, momentum=0.3, centered=True, eps=1e-3),
-        dict(alpha=0.999, momentum=1.5),  # PyTorch accepts any momentum >= 0
-    ],
-    ids=combo_id,
-)
-def test_other_hyperparameters_equal_torch(kw):
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=25)
-    ours = normref_trajectory(optim.rmsprop(0.01, **kw), params, grads)
-    theirs = torch_trajectory_in(dtype, _torch(lr=0.01, **kw), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
 
 
 def test_scheduled_lr_and_momentum_equal_torch_one_cycle():
@@ -70,19 +56,13 @@ def test_scheduled_lr_and_momentum_equal_torch_one_cycle():
 def test_equals_optax_rmsprop_with_eps_outside(centered):
     """optax keeps lr inside the momentum; for a constant lr that is the same trajectory."""
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
     kw = dict(momentum=0.9, centered=centered, eps=1e-6)
-    ours = normref_trajectory(optim.rmsprop(LR, alpha=0.9, **kw), params, grads)
-    theirs = optax_trajectory(optax.rmsprop(LR, decay=0.9, eps_in_sqrt=False, **kw), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = optim.rmsprop(LR, alpha=0.9, **kw)
+    theirs = optax_peer(optax.rmsprop(LR, decay=0.9, eps_in_sqrt=False, **kw))
+    assert_trajectory_equals(ours, theirs, steps=30)
 
 
 # -- variants -----------------------------------------------------------------------------------
-
-
-def _variant(name):
-    return {v.name: v for v in OPTIMIZERS["rmsprop"].variants}[name].factory
 
 
 def _direct(grads, p0, *, lr, rho, eps, momentum, centered, eps_inside, lr_inside):
@@ -118,14 +98,10 @@ CASES = [
 
 @pytest.mark.parametrize("variant, centered, eps_inside, lr_inside", CASES)
 def test_variant_equals_a_direct_rederivation(variant, centered, eps_inside, lr_inside):
-    rng = np.random.default_rng(13)
-    grads = [list(rng.normal(size=3) * 10.0 ** rng.integers(-4, 1)) for _ in range(16)]
-    grads[6] = [0.0, 0.0, 0.0]
+    grads = direct_gradients(13, steps=16, low=-4, zero_step=6)
     p0 = [0.5, -1.0, 2.0]
     lr = schedules.step_decay(0.01, step_size=4, gamma=0.3)  # separates lr placements
-    hyper = dict(alpha=0.9, eps=1e-7, momentum=0.8, centered=centered)
-    sequence = [[np.array(g)] for g in grads]
-    ours = normref_trajectory(_variant(variant)(lr=lr, **hyper), [np.array(p0)], sequence)
+    hyper = dict(lr=lr, alpha=0.9, eps=1e-7, momentum=0.8, centered=centered)
     expected = _direct(
         grads,
         p0,
@@ -137,27 +113,31 @@ def test_variant_equals_a_direct_rederivation(variant, centered, eps_inside, lr_
         eps_inside=eps_inside,
         lr_inside=lr_inside,
     )
-    np.testing.assert_allclose(ours[-1][0], expected, rtol=1e-12, atol=1e-15)
-    reference = normref_trajectory(optim.rmsprop(lr=lr, **hyper), [np.array(p0)], sequence)
-    assert not np.allclose(ours[-1][0], reference[-1][0], rtol=1e-9, atol=0)
+    assert_variant_equals_direct(
+        variant_factory("rmsprop", variant),
+        optim.rmsprop,
+        hyper,
+        grads,
+        p0,
+        expected,
+        separation=1e-9,
+    )
 
 
 def test_lr_placement_matters_only_when_lr_changes():
     grads = gradient_sequence(np.float64, steps=10)
     params = initial_params(np.float64)
-    inside = normref_trajectory(_variant("lr_inside_momentum")(lr=LR, momentum=0.9), params, grads)
+    inside_momentum = variant_factory("rmsprop", "lr_inside_momentum")
+    inside = normref_trajectory(inside_momentum(lr=LR, momentum=0.9), params, grads)
     outside = normref_trajectory(optim.rmsprop(LR, momentum=0.9), params, grads)
     assert_trajectories_close(inside, outside, np.float64)
 
 
 def test_eps_in_sqrt_equals_optax_rmsprop_default():
     optax = pytest.importorskip("optax")
-    dtype = np.float64
-    params, grads = initial_params(dtype), gradient_sequence(dtype, steps=30)
     kw = dict(momentum=0.9, centered=True)
-    ours = normref_trajectory(_variant("eps_in_sqrt")(lr=LR, alpha=0.9, **kw), params, grads)
-    theirs = optax_trajectory(optax.rmsprop(LR, decay=0.9, **kw), params, grads)
-    assert_trajectories_close(ours, theirs, dtype)
+    ours = variant_factory("rmsprop", "eps_in_sqrt")(lr=LR, alpha=0.9, **kw)
+    assert_trajectory_equals(ours, optax_peer(optax.rmsprop(LR, decay=0.9, **kw)), steps=30)
 
 
 # -- contract and errors ------------------------------------------------------------------------

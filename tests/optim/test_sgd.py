@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+from contract_checks import combo_id, variant_factory
 from optim_trajectories import (
     assert_trajectories_close,
     gradient_sequence,
@@ -35,12 +36,8 @@ COMBOS = [
 ]
 
 
-def _id(combo):
-    return ",".join(f"{k}={v}" for k, v in combo.items())
-
-
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("combo", COMBOS, ids=_id)
+@pytest.mark.parametrize("combo", COMBOS, ids=combo_id)
 def test_trajectory_equals_torch(combo, dtype):
     params, grads = initial_params(dtype), gradient_sequence(dtype)
     ours = normref_trajectory(optim.sgd(LR, **combo), params, grads)
@@ -99,19 +96,17 @@ def test_no_buffer_without_momentum():
 
 
 def test_keras_variant_equals_torch_for_a_constant_lr_and_differs_under_a_schedule():
-    from normref.registry import OPTIMIZERS
-
-    variant = {v.name: v for v in OPTIMIZERS["sgd"].variants}["keras_lr_inside_momentum"]
+    keras_factory = variant_factory("sgd", "keras_lr_inside_momentum")
     dtype = np.float64
     params, grads = initial_params(dtype), gradient_sequence(dtype, steps=10)
     for nesterov in (False, True):
         kw = dict(momentum=0.9, nesterov=nesterov)
         ref = normref_trajectory(optim.sgd(0.05, **kw), params, grads)
-        keras = normref_trajectory(variant.factory(0.05, **kw), params, grads)
+        keras = normref_trajectory(keras_factory(0.05, **kw), params, grads)
         assert_trajectories_close(keras, ref, dtype)
     lr = schedules.step_decay(0.05, step_size=3, gamma=0.5)
     ref = normref_trajectory(optim.sgd(lr, momentum=0.9), params, grads)
-    keras = normref_trajectory(variant.factory(lr, momentum=0.9), params, grads)
+    keras = normref_trajectory(keras_factory(lr, momentum=0.9), params, grads)
     # identical until the lr first changes (the update at step 3), different after
     assert_trajectories_close(keras[:3], ref[:3], dtype)
     assert not np.allclose(keras[3][1], ref[3][1], rtol=1e-6)

@@ -40,13 +40,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
 from normref._dispatch import kernels_for
-from normref.norms.batch_norm import (
-    _affine,
-    _moments,
-    _moments_backward,
-    _param_grads,
-    _recentred,
-)
+from normref.norms import _common
 
 __all__ = [
     "BatchChannelNormSaved",
@@ -155,27 +149,16 @@ def batch_channel_norm_forward(
     _checks.floating(_NAME, "x", x, xp)
     _checks.min_ndim(_NAME, "x", x, 2, "(N, C, *spatial)")
     channels = x.shape[1]
-    if num_groups is None:
-        raise TypeError(
-            f"{_NAME}: num_groups is required: a positive integer dividing the number of "
-            f"channels C = {channels}"
-        )
-    groups = _checks.integer(_NAME, "num_groups", num_groups, 1)
-    if channels % groups:
-        raise ValueError(
-            f"{_NAME}: num_groups must divide the number of channels C = {channels} "
-            f"(x.shape[1]), got num_groups={groups}"
-        )
-    per_channel = (
-        ("bn_weight", bn_weight),
-        ("bn_bias", bn_bias),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
+    groups = _common.groups(_NAME, num_groups, channels)
+    _common.per_channel(
+        _NAME,
+        xp,
+        channels,
+        bn_weight=bn_weight,
+        bn_bias=bn_bias,
+        running_mean=running_mean,
+        running_var=running_var,
     )
-    for name, arr in per_channel:
-        if arr is not None:
-            _checks.floating(_NAME, name, arr, xp)
-            _checks.shape_is(_NAME, name, arr, (channels,), "one value per channel, x.shape[1]")
     for name, arr in (("weight", weight), ("bias", bias)):
         if arr is not None:
             _checks.floating(_NAME, name, arr, xp)
@@ -219,17 +202,19 @@ def batch_channel_norm_forward(
         batch_mean = xp.mean(xa, axis=_BATCH_AXES)
         dev = xa - old_mean  # about the estimate from before this batch, as the authors do
         second = xp.mean(dev * dev, axis=_BATCH_AXES)
-        use_mean, new_mean = _update(xp, running_mean, batch_mean, momentum, acc)
-        use_var, new_var = _update(xp, running_var, second, momentum, acc)
+        use_mean, new_mean = _common.moving_average(xp, running_mean, batch_mean, momentum, acc)
+        use_var, new_var = _common.moving_average(xp, running_var, second, momentum, acc)
     # Normalize with the updated estimates, as the authors' module reads its buffers back after
     # updating them: a training call's y is an eval call's y with the returned estimates.
     mean = xp.reshape(xp.astype(use_mean, acc), pshape)
     rstd = 1.0 / xp.sqrt(xp.reshape(xp.astype(use_var, acc), pshape) + batch_eps)
-    h = _affine(xp, (xa - mean) * rstd, bn_weight, bn_bias, pshape, acc)
+    h = _common.affine(xp, (xa - mean) * rstd, bn_weight, bn_bias, pshape, acc)
 
     view = (n, groups, channels // groups, s)
-    h_hat, group_mean, group_rstd, _ = _moments(xp, xp.reshape(h, view), _GROUP_AXES, eps, acc)
-    y = _affine(xp, h_hat, weight, bias, (1, groups, 1, 1), acc)
+    h_hat, group_mean, group_rstd, _ = _common.moments(
+        xp, xp.reshape(h, view), _GROUP_AXES, eps, acc
+    )
+    y = _common.affine(xp, h_hat, weight, bias, (1, groups, 1, 1), acc)
     y = _xp.deliver(xp, xp.astype(y, x.dtype), out, tuple(x.shape))
     saved = BatchChannelNormSaved(
         x,
@@ -245,15 +230,6 @@ def batch_channel_norm_forward(
     return y, new_mean, new_var, saved
 
 
-def _update(xp, running, stat, momentum, acc):
-    """momentum * stat + (1 - momentum) * running, in the wider of the accumulation dtype and the
-    state's: (that value, which normalizes, and its copy in the state's dtype, which is returned).
-    Normalizing with the unrounded value keeps a float16 state from rounding y twice."""
-    dtype = xp.result_type(running.dtype, acc)
-    new = momentum * xp.astype(stat, dtype) + (1.0 - momentum) * xp.astype(running, dtype)
-    return new, xp.astype(new, running.dtype)
-
-
 def batch_channel_norm_backward(dy, saved: BatchChannelNormSaved, *, out=None, backend=None):
     """Gradients (dx, dbn_weight, dbn_bias, dweight, dbias) of batch_channel_norm's y from the
     upstream gradient dy (None for an absent parameter). The running estimates are state: the
@@ -262,11 +238,7 @@ def batch_channel_norm_backward(dy, saved: BatchChannelNormSaved, *, out=None, b
     `out`, if given, receives dx. Parameter gradients come back in the parameters' dtypes.
     """
     x, bn_weight, bn_bias = saved.x, saved.bn_weight, saved.bn_bias
-    xp = _xp.namespace(dy, x, out)
-    _checks.floating(_NAME, "dy", dy, xp)
-    _checks.same_shape(_NAME, "dy", dy, "x", x)
-    _checks.same_dtype(_NAME, "dy", dy, "x", x)
-    _checks.output(_NAME, "out", out, x)
+    xp = _common.backward_inputs(_NAME, dy, x, out)
     kernels_for(registry.OPS[_NAME], x, backend)
 
     n, groups = saved.group_mean.shape
@@ -278,22 +250,24 @@ def batch_channel_norm_backward(dy, saved: BatchChannelNormSaved, *, out=None, b
     xa = xp.astype(xp.reshape(x, (n, channels, s)), acc)
     rstd = xp.reshape(saved.rstd, pshape)
     x_hat = (xa - xp.reshape(saved.mean, pshape)) * rstd
-    h = xp.reshape(_affine(xp, x_hat, bn_weight, bn_bias, pshape, acc), view)
+    h = xp.reshape(_common.affine(xp, x_hat, bn_weight, bn_bias, pshape, acc), view)
 
     # The channel step: group norm's backward with one weight per group.
     group_mean = xp.reshape(saved.group_mean, (n, groups, 1, 1))
     group_rstd = xp.reshape(saved.group_rstd, (n, groups, 1, 1))
-    h_hat = _recentred(xp, (h - group_mean) * group_rstd, _GROUP_AXES)
+    h_hat = _common.recentred(xp, (h - group_mean) * group_rstd, _GROUP_AXES)
     dya = xp.astype(xp.reshape(dy, view), acc)
     weight = saved.weight
     gg = dya if weight is None else dya * xp.reshape(xp.astype(weight, acc), (1, groups, 1, 1))
-    dh = _moments_backward(xp, gg, h_hat, group_rstd, _GROUP_AXES)
-    dweight, dbias = _param_grads(xp, dya, h_hat, weight, saved.bias_dtype, _GROUP_PARAM_AXES)
+    dh = _common.moments_backward(xp, gg, h_hat, group_rstd, _GROUP_AXES)
+    dweight, dbias = _common.param_grads(
+        xp, dya, h_hat, weight, saved.bias_dtype, _GROUP_PARAM_AXES
+    )
 
     # The batch step: a per-channel affine map of x, the estimates being constants.
     dh = xp.reshape(dh, (n, channels, s))
     bn_bias_dtype = None if bn_bias is None else bn_bias.dtype
-    dbn_weight, dbn_bias = _param_grads(xp, dh, x_hat, bn_weight, bn_bias_dtype, _BATCH_AXES)
+    dbn_weight, dbn_bias = _common.param_grads(xp, dh, x_hat, bn_weight, bn_bias_dtype, _BATCH_AXES)
     if bn_weight is not None:
         dh = dh * xp.reshape(xp.astype(bn_weight, acc), pshape)
     dx = _xp.deliver(xp, xp.astype(dh * rstd, x.dtype), out, tuple(x.shape))
@@ -336,8 +310,7 @@ def batch_channel_norm_variant(
     norm_mean = xp.reshape(xp.astype(running_mean, f64), pshape)
     norm_var = xp.reshape(xp.astype(running_var, f64), pshape)
     if training and m > 0:
-        batch_mean = xp.mean(xa, axis=_BATCH_AXES, keepdims=True)
-        batch_var = xp.mean((xa - batch_mean) ** 2, axis=_BATCH_AXES, keepdims=True)
+        batch_mean, batch_var = _common.variant_moments(xp, xa, _BATCH_AXES)
         if batch_statistics:
             if m < 2:
                 raise ValueError(f"{_NAME}: batch_statistics needs more than 1 value per channel")
@@ -347,20 +320,18 @@ def batch_channel_norm_variant(
             rate = momentum
             about = batch_mean if variance_about_batch_mean else norm_mean
             stat_var = xp.mean((xa - about) ** 2, axis=_BATCH_AXES, keepdims=True)
-        new = []
-        for running, stat in ((running_mean, batch_mean), (running_var, stat_var)):
-            r = rate * xp.reshape(stat, (channels,)) + (1.0 - rate) * xp.astype(running, f64)
-            new.append(xp.astype(r, running.dtype))
-        new_rm, new_rv = new
+        mean_c, var_c = xp.reshape(batch_mean, (channels,)), xp.reshape(stat_var, (channels,))
+        _, new_rm = _common.moving_average(xp, running_mean, mean_c, rate, f64)
+        _, new_rv = _common.moving_average(xp, running_var, var_c, rate, f64)
         if batch_statistics:
             norm_mean, norm_var = batch_mean, batch_var
         else:
             norm_mean = xp.reshape(xp.astype(new_rm, f64), pshape)
             norm_var = xp.reshape(xp.astype(new_rv, f64), pshape)
     x_hat = (xa - norm_mean) / xp.sqrt(norm_var + batch_eps)
-    h = _affine(xp, x_hat, bn_weight, bn_bias, pshape, f64)
+    h = _common.affine(xp, x_hat, bn_weight, bn_bias, pshape, f64)
     hv = xp.reshape(h, (n, num_groups, channels // num_groups, s))
-    gmean = xp.mean(hv, axis=_GROUP_AXES, keepdims=True)
-    gvar = xp.mean((hv - gmean) ** 2, axis=_GROUP_AXES, keepdims=True)
-    y = _affine(xp, (hv - gmean) / xp.sqrt(gvar + eps), weight, bias, (1, num_groups, 1, 1), f64)
+    gmean, gvar = _common.variant_moments(xp, hv, _GROUP_AXES)
+    gshape = (1, num_groups, 1, 1)
+    y = _common.affine(xp, (hv - gmean) / xp.sqrt(gvar + eps), weight, bias, gshape, f64)
     return xp.astype(xp.reshape(y, x.shape), x.dtype), new_rm, new_rv

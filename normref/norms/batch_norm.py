@@ -19,8 +19,8 @@ Backward, with g = dy * weight and sums over the m values of a channel::
     eval:     dx = rstd * g
     dweight = sum(dy * x_hat);  dbias = sum(dy)
 
-The helpers `_moments`, `_moments_backward`, `_affine`, `_param_grads` and `_moving_average` are
-shared with group_norm and instance_norm, which normalize over other axes of the same kind of view.
+The math shared with the other channel norms, which normalize over other axes of the same kind of
+view, is in normref/norms/_common.py.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
 from normref._dispatch import kernels_for
+from normref.norms import _common
 
 __all__ = ["BatchNormSaved", "batch_norm", "batch_norm_forward", "batch_norm_backward"]
 
@@ -116,19 +117,9 @@ def batch_norm_forward(
     (array([[-1., -1.],
            [ 1.,  1.]]), array([0.2, 2. ]), array([ 1.1, 20.9]))
     """
-    xp = _xp.namespace(x, weight, bias, running_mean, running_var, out)
-    _checks.floating(_NAME, "x", x, xp)
-    _checks.min_ndim(_NAME, "x", x, 2, "(N, C, *spatial)")
-    channels = x.shape[1]
-    for name, arr in (
-        ("weight", weight),
-        ("bias", bias),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ):
-        if arr is not None:
-            _checks.floating(_NAME, name, arr, xp)
-            _checks.shape_is(_NAME, name, arr, (channels,), "one value per channel, x.shape[1]")
+    xp, channels = _common.channel_inputs(
+        _NAME, x, out, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
+    )
     if (running_mean is None) != (running_var is None):
         raise ValueError(
             f"{_NAME}: running_mean and running_var must be given together or not at all, got "
@@ -173,7 +164,7 @@ def batch_norm_forward(
         xv = xp.reshape(x, (n, channels, s))
         pshape = (1, channels, 1)
         if batch_stats and m > 0:
-            x_hat, mean, rstd, sumsq = _moments(xp, xv, _STAT_AXES, eps, acc)
+            x_hat, mean, rstd, sumsq = _common.moments(xp, xv, _STAT_AXES, eps, acc)
         else:
             # Eval with running statistics, or an empty batch: nothing to estimate from x. An
             # empty batch normalizes with mean 0 and rstd 1 and leaves the running statistics as
@@ -186,16 +177,17 @@ def batch_norm_forward(
                 mean = xp.zeros(pshape, dtype=acc)
                 rstd = xp.ones(pshape, dtype=acc)
             x_hat = (xp.astype(xv, acc) - mean) * rstd
-        y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+        y = xp.astype(_common.affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
     y = _xp.deliver(xp, y, out, tuple(x.shape))
 
     new_mean, new_var, new_count = running_mean, running_var, num_batches_tracked
     if update:
         if m > 0:
-            new_mean = _moving_average(xp, running_mean, xp.reshape(mean, (channels,)), factor, acc)
+            mean_c = xp.reshape(mean, (channels,))
+            _, new_mean = _common.moving_average(xp, running_mean, mean_c, factor, acc)
             # The unbiased variance sum / (m - 1), as PyTorch divides the sum of squares directly.
             unbiased = xp.reshape(sumsq, (channels,)) / (m - 1)
-            new_var = _moving_average(xp, running_var, unbiased, factor, acc)
+            _, new_var = _common.moving_average(xp, running_var, unbiased, factor, acc)
         if num_batches_tracked is not None:
             new_count = num_batches_tracked + 1
     saved = BatchNormSaved(
@@ -215,32 +207,35 @@ def batch_norm_backward(dy, saved: BatchNormSaved, *, out=None, backend=None):
 
     `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
     """
-    x, weight = saved.x, saved.weight
-    xp = _xp.namespace(dy, x, out)
-    _checks.floating(_NAME, "dy", dy, xp)
-    _checks.same_shape(_NAME, "dy", dy, "x", x)
-    _checks.same_dtype(_NAME, "dy", dy, "x", x)
-    _checks.output(_NAME, "out", out, x)
+    x = saved.x
+    xp = _common.backward_inputs(_NAME, dy, x, out)
     kernels = kernels_for(registry.OPS[_NAME], x, backend)
     if kernels is not None:
-        return _kernel_backward(kernels, xp, dy, saved, out)
-
+        acc = saved.mean.dtype
+        return _common.kernel_backward(
+            xp,
+            kernels.batch_norm_backward,
+            dy,
+            saved,
+            out,
+            _xp.param_vector(xp, saved.mean, acc),
+            _xp.param_vector(xp, saved.rstd, acc),
+            _xp.param_vector(xp, saved.weight, acc),
+            saved.batch_stats,
+        )
     n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-    pshape = (1, channels, 1)
-    acc = saved.mean.dtype
-    mean = xp.reshape(saved.mean, pshape)
-    rstd = xp.reshape(saved.rstd, pshape)
-    x_hat = (xp.astype(xp.reshape(x, (n, channels, s)), acc) - mean) * rstd
-    dya = xp.astype(xp.reshape(dy, (n, channels, s)), acc)
-    g = dya if weight is None else dya * xp.reshape(xp.astype(weight, acc), pshape)
-    if saved.batch_stats:
-        x_hat = _recentred(xp, x_hat, _STAT_AXES)
-        dx = _moments_backward(xp, g, x_hat, rstd, _STAT_AXES)
-    else:
-        dx = g * rstd  # the statistics are constants: only the scaling remains
-    dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
-    dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _STAT_AXES)
-    return dx, dweight, dbias
+    return _common.normalized_backward(
+        xp,
+        dy,
+        saved,
+        out,
+        view=(n, channels, s),
+        pshape=(1, channels, 1),
+        stats_shape=(1, channels, 1),
+        axes=_STAT_AXES,
+        param_axes=_STAT_AXES,
+        through_stats=saved.batch_stats,
+    )
 
 
 def _kernel_forward(
@@ -262,103 +257,6 @@ def _kernel_forward(
     rstd = 1.0 / xp.sqrt(_xp.param_vector(xp, xp.astype(running_var, acc), acc) + eps)
     kernels.batch_norm_apply(x3, mean, rstd, w, b, xp.reshape(y, view))
     return y, mean, rstd, None
-
-
-def _kernel_backward(kernels, xp, dy, saved, out):
-    """batch_norm_backward's (dx, dweight, dbias) from the kernels."""
-    x, weight = saved.x, saved.weight
-    n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-    view = (n, channels, s)
-    acc = saved.mean.dtype
-    dx = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
-    dweight = None if weight is None else xp.empty((channels,), dtype=acc)
-    dbias = None if saved.bias_dtype is None else xp.empty((channels,), dtype=acc)
-    kernels.batch_norm_backward(
-        xp.reshape(_xp.as_rows(xp, dy, n * channels, s), view),
-        xp.reshape(_xp.as_rows(xp, x, n * channels, s), view),
-        _xp.param_vector(xp, saved.mean, acc),
-        _xp.param_vector(xp, saved.rstd, acc),
-        _xp.param_vector(xp, weight, acc),
-        saved.batch_stats,
-        xp.reshape(dx, view),
-        dweight,
-        dbias,
-    )
-    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
-    if dweight is not None:
-        dweight = xp.astype(dweight, weight.dtype)
-    if dbias is not None:
-        dbias = xp.astype(dbias, saved.bias_dtype)
-    return dx, dweight, dbias
-
-
-# --- the math shared by batch_norm, group_norm and instance_norm ------------------------------
-#
-# Each op reshapes x to a view in which every statistic is a reduction over `axes` (kept as size-1
-# dims), and every parameter broadcasts from `pshape` (size C along the channel dims, 1 elsewhere).
-
-
-def _moments(xp, xv, axes, eps, acc):
-    """Shifted two-pass statistics of `xv` over `axes`: (x_hat, mean, rstd, sumsq), all in `acc`,
-    mean/rstd/sumsq with `axes` kept as size-1 dims; sumsq = sum((x - mean)^2).
-
-    Subtracting the group's first element K first keeps float32 exact for data with a large
-    offset (x - K is exact when x and K are within a factor of 2: Sterbenz), and a constant group
-    gives x_hat = 0 exactly.
-    """
-    xa = xp.astype(xv, acc)
-    first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(xa.ndim))
-    shift = xa[first]
-    d = xa - shift
-    mean_d = xp.mean(d, axis=axes, keepdims=True)
-    centred = d - mean_d
-    count = math.prod(xv.shape[i] for i in axes)
-    sumsq = xp.sum(centred * centred, axis=axes, keepdims=True)
-    rstd = 1.0 / xp.sqrt(sumsq / count + eps)
-    return centred * rstd, shift + mean_d, rstd, sumsq
-
-
-def _recentred(xp, x_hat, axes):
-    """The recomputed x_hat minus its mean over `axes`: the exact x_hat has mean 0, and removing
-    the mean cancels the rounding of the saved mean (large in float32 for large-offset data)."""
-    return x_hat - xp.mean(x_hat, axis=axes, keepdims=True)
-
-
-def _moments_backward(xp, g, x_hat, rstd, axes):
-    """dx of x_hat = (x - mean) * rstd with mean and rstd taken over `axes`, given g = dL/dx_hat."""
-    mean_g = xp.mean(g, axis=axes, keepdims=True)
-    mean_gx = xp.mean(g * x_hat, axis=axes, keepdims=True)
-    return rstd * (g - mean_g - x_hat * mean_gx)
-
-
-def _affine(xp, x_hat, weight, bias, pshape, acc):
-    """x_hat * weight + bias in `acc`, the parameters broadcast from `pshape`."""
-    y = x_hat
-    if weight is not None:
-        y = y * xp.reshape(xp.astype(weight, acc), pshape)
-    if bias is not None:
-        y = y + xp.reshape(xp.astype(bias, acc), pshape)
-    return y
-
-
-def _param_grads(xp, dya, x_hat, weight, bias_dtype, axes):
-    """(dweight, dbias): sums of dy * x_hat and of dy over `axes`, flattened to the parameters'
-    (C,) and returned in their dtypes; None for an absent parameter."""
-    dweight = dbias = None
-    if weight is not None:
-        dweight = xp.reshape(xp.sum(dya * x_hat, axis=axes), (-1,))
-        dweight = xp.astype(dweight, weight.dtype)
-    if bias_dtype is not None:
-        dbias = xp.astype(xp.reshape(xp.sum(dya, axis=axes), (-1,)), bias_dtype)
-    return dweight, dbias
-
-
-def _moving_average(xp, running, stat, factor, acc):
-    """factor * stat + (1 - factor) * running, in PyTorch's order of operations, computed in the
-    wider of the accumulation dtype and the running statistic's, returned in the latter's."""
-    dtype = xp.result_type(running.dtype, acc)
-    new = factor * xp.astype(stat, dtype) + (1.0 - factor) * xp.astype(running, dtype)
-    return xp.astype(new, running.dtype)
 
 
 def batch_norm_variant(
@@ -392,16 +290,11 @@ def batch_norm_variant(
     xa = xp.reshape(xp.astype(x, f64), (n, channels, s))
     tracked = running_mean is not None
     if training or not tracked:
-        mean = xp.mean(xa, axis=_STAT_AXES, keepdims=True)
-        if fast_variance:
-            var = xp.mean(xa * xa, axis=_STAT_AXES, keepdims=True) - mean * mean
-            var = xp.where(var > 0, var, xp.zeros_like(var))
-        else:
-            var = xp.mean((xa - mean) ** 2, axis=_STAT_AXES, keepdims=True)
+        mean, var = _common.variant_moments(xp, xa, _STAT_AXES, fast_variance)
     else:
         mean = xp.reshape(xp.astype(running_mean, f64), pshape)
         var = xp.reshape(xp.astype(running_var, f64), pshape)
-    y = _affine(xp, (xa - mean) / xp.sqrt(var + eps), weight, bias, pshape, f64)
+    y = _common.affine(xp, (xa - mean) / xp.sqrt(var + eps), weight, bias, pshape, f64)
     y = xp.astype(xp.reshape(y, x.shape), x.dtype)
     if not (training and tracked):
         return y, running_mean, running_var, num_batches_tracked
@@ -412,9 +305,8 @@ def batch_norm_variant(
     else:
         factor = 1.0 - momentum if momentum_weights_old else momentum
     stat_var = var if biased_running_var else var * (m / (m - 1))
-    new = []
-    for running, stat in ((running_mean, mean), (running_var, stat_var)):
-        r = factor * xp.reshape(stat, (channels,)) + (1.0 - factor) * xp.astype(running, f64)
-        new.append(xp.astype(r, running.dtype))
+    mean_c, var_c = xp.reshape(mean, (channels,)), xp.reshape(stat_var, (channels,))
+    _, new_mean = _common.moving_average(xp, running_mean, mean_c, factor, f64)
+    _, new_var = _common.moving_average(xp, running_var, var_c, factor, f64)
     count = None if num_batches_tracked is None else num_batches_tracked + 1
-    return y, new[0], new[1], count
+    return y, new_mean, new_var, count

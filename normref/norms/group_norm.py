@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
 from normref._dispatch import kernels_for
-from normref.norms.batch_norm import _affine, _moments, _moments_backward, _param_grads, _recentred
+from normref.norms import _common
 
 __all__ = ["GroupNormSaved", "group_norm", "group_norm_forward", "group_norm_backward"]
 
@@ -70,25 +70,8 @@ def group_norm_forward(
     >>> np.round(normref.group_norm(x, num_groups=2), 3)
     array([[-1.,  1., -1.,  1.]])
     """
-    xp = _xp.namespace(x, weight, bias, out)
-    _checks.floating(_NAME, "x", x, xp)
-    _checks.min_ndim(_NAME, "x", x, 2, "(N, C, *spatial)")
-    channels = x.shape[1]
-    for name, arr in (("weight", weight), ("bias", bias)):
-        if arr is not None:
-            _checks.floating(_NAME, name, arr, xp)
-            _checks.shape_is(_NAME, name, arr, (channels,), "one value per channel, x.shape[1]")
-    if num_groups is None:
-        raise TypeError(
-            f"{_NAME}: num_groups is required: a positive integer dividing the number of "
-            f"channels C = {channels}"
-        )
-    groups = _checks.integer(_NAME, "num_groups", num_groups, 1)
-    if channels % groups:
-        raise ValueError(
-            f"{_NAME}: num_groups must divide the number of channels C = {channels} "
-            f"(x.shape[1]), got num_groups={groups}"
-        )
+    xp, channels = _common.channel_inputs(_NAME, x, out, weight=weight, bias=bias)
+    groups = _common.groups(_NAME, num_groups, channels)
     eps = _checks.positive(_NAME, "eps", eps)
     _checks.output(_NAME, "out", out, x)
     n, s = x.shape[0], math.prod(x.shape[2:])
@@ -102,8 +85,8 @@ def group_norm_forward(
     if kernels is None:
         view = (n, groups, channels // groups, s)
         pshape = (1, groups, channels // groups, 1)
-        x_hat, mean, rstd, _ = _moments(xp, xp.reshape(x, view), _STAT_AXES, eps, acc)
-        y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+        x_hat, mean, rstd, _ = _common.moments(xp, xp.reshape(x, view), _STAT_AXES, eps, acc)
+        y = xp.astype(_common.affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
     else:
         # contract: normref/kernels/numba/channel_norms.py; x viewed as (N, C, S)
         y = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
@@ -135,57 +118,35 @@ def group_norm_backward(dy, saved: GroupNormSaved, *, out=None, backend=None):
 
     `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
     """
-    x, weight = saved.x, saved.weight
-    xp = _xp.namespace(dy, x, out)
-    _checks.floating(_NAME, "dy", dy, xp)
-    _checks.same_shape(_NAME, "dy", dy, "x", x)
-    _checks.same_dtype(_NAME, "dy", dy, "x", x)
-    _checks.output(_NAME, "out", out, x)
+    x = saved.x
+    xp = _common.backward_inputs(_NAME, dy, x, out)
     kernels = kernels_for(registry.OPS[_NAME], x, backend)
 
     n, groups = saved.mean.shape
-    channels, s = x.shape[1], math.prod(x.shape[2:])
     if kernels is not None:
-        return _kernel_backward(kernels, xp, dy, saved, out, (n, channels, s))
-    view = (n, groups, channels // groups, s)
-    pshape = (1, groups, channels // groups, 1)
-    acc = saved.mean.dtype
-    mean = xp.reshape(saved.mean, (n, groups, 1, 1))
-    rstd = xp.reshape(saved.rstd, (n, groups, 1, 1))
-    x_hat = _recentred(xp, (xp.astype(xp.reshape(x, view), acc) - mean) * rstd, _STAT_AXES)
-    dya = xp.astype(xp.reshape(dy, view), acc)
-    g = dya if weight is None else dya * xp.reshape(xp.astype(weight, acc), pshape)
-    dx = _moments_backward(xp, g, x_hat, rstd, _STAT_AXES)
-    dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
-    dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _PARAM_SUM_AXES)
-    return dx, dweight, dbias
-
-
-def _kernel_backward(kernels, xp, dy, saved, out, view):
-    """group_norm_backward's (dx, dweight, dbias) from the kernels; `view` is (N, C, S)."""
-    x, weight = saved.x, saved.weight
-    n, channels, s = view
-    acc = saved.mean.dtype
-    dx = _xp.rows_buffer(xp, out, n * channels, s, x.dtype)
-    dweight = None if weight is None else xp.empty((channels,), dtype=acc)
-    dbias = None if saved.bias_dtype is None else xp.empty((channels,), dtype=acc)
-    groups = saved.mean.shape[1]
-    kernels.group_norm_backward(
-        xp.reshape(_xp.as_rows(xp, dy, n * channels, s), view),
-        xp.reshape(_xp.as_rows(xp, x, n * channels, s), view),
-        _xp.as_rows(xp, saved.mean, n, groups),
-        _xp.as_rows(xp, saved.rstd, n, groups),
-        _xp.param_vector(xp, weight, acc),
-        xp.reshape(dx, view),
-        dweight,
-        dbias,
+        return _common.kernel_backward(
+            xp,
+            kernels.group_norm_backward,
+            dy,
+            saved,
+            out,
+            _xp.as_rows(xp, saved.mean, n, groups),
+            _xp.as_rows(xp, saved.rstd, n, groups),
+            _xp.param_vector(xp, saved.weight, saved.mean.dtype),
+        )
+    channels, s = x.shape[1], math.prod(x.shape[2:])
+    return _common.normalized_backward(
+        xp,
+        dy,
+        saved,
+        out,
+        view=(n, groups, channels // groups, s),
+        pshape=(1, groups, channels // groups, 1),
+        stats_shape=(n, groups, 1, 1),
+        axes=_STAT_AXES,
+        param_axes=_PARAM_SUM_AXES,
+        through_stats=True,
     )
-    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
-    if dweight is not None:
-        dweight = xp.astype(dweight, weight.dtype)
-    if dbias is not None:
-        dbias = xp.astype(dbias, saved.bias_dtype)
-    return dx, dweight, dbias
 
 
 def group_norm_variant(
@@ -208,15 +169,11 @@ def group_norm_variant(
     xp = _xp.namespace(x, weight, bias)
     n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     view = (n, num_groups, channels // num_groups, s)
+    pshape = (1, num_groups, channels // num_groups, 1)
     xa = xp.reshape(xp.astype(x, xp.float64), view)
-    mean = xp.mean(xa, axis=_STAT_AXES, keepdims=True)
-    if fast_variance:
-        var = xp.mean(xa * xa, axis=_STAT_AXES, keepdims=True) - mean * mean
-        var = xp.where(var > 0, var, xp.zeros_like(var))
-    else:
-        var = xp.mean((xa - mean) ** 2, axis=_STAT_AXES, keepdims=True)
+    mean, var = _common.variant_moments(xp, xa, _STAT_AXES, fast_variance)
     x_hat = (xa - mean) / xp.sqrt(var + eps)
     if cast_before_affine:
         x_hat = xp.astype(xp.astype(x_hat, x.dtype), xp.float64)
-    y = _affine(xp, x_hat, weight, bias, (1, num_groups, channels // num_groups, 1), xp.float64)
+    y = _common.affine(xp, x_hat, weight, bias, pshape, xp.float64)
     return xp.astype(xp.reshape(y, x.shape), x.dtype)

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
 from normref._dispatch import kernels_for
-from normref.norms.batch_norm import _affine, _moments, _moments_backward, _param_grads, _recentred
+from normref.norms import _common
 
 __all__ = ["InstanceNormSaved", "instance_norm", "instance_norm_forward", "instance_norm_backward"]
 
@@ -109,19 +109,9 @@ def instance_norm_forward(
     array([[[-1.,  1.],
             [-1.,  1.]]])
     """
-    xp = _xp.namespace(x, weight, bias, running_mean, running_var, out)
-    _checks.floating(_NAME, "x", x, xp)
-    _checks.min_ndim(_NAME, "x", x, 2, "(N, C, *spatial)")
-    channels = x.shape[1]
-    for name, arr in (
-        ("weight", weight),
-        ("bias", bias),
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-    ):
-        if arr is not None:
-            _checks.floating(_NAME, name, arr, xp)
-            _checks.shape_is(_NAME, name, arr, (channels,), "one value per channel, x.shape[1]")
+    xp, channels = _common.channel_inputs(
+        _NAME, x, out, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var
+    )
     if (running_mean is None) != (running_var is None):
         raise ValueError(
             f"{_NAME}: running_mean and running_var must be given together or not at all"
@@ -148,14 +138,14 @@ def instance_norm_forward(
     xv = xp.reshape(x, (n, channels, s))
     pshape = (1, channels, 1)
     if use_input_stats:
-        x_hat, mean, rstd, sumsq = _moments(xp, xv, _STAT_AXES, eps, acc)
+        x_hat, mean, rstd, sumsq = _common.moments(xp, xv, _STAT_AXES, eps, acc)
         stats_shape = (n, channels)
     else:
         mean = xp.reshape(xp.astype(running_mean, acc), pshape)
         rstd = 1.0 / xp.sqrt(xp.reshape(xp.astype(running_var, acc), pshape) + eps)
         x_hat = (xp.astype(xv, acc) - mean) * rstd
         stats_shape = (channels,)
-    y = xp.astype(_affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
+    y = xp.astype(_common.affine(xp, x_hat, weight, bias, pshape, acc), x.dtype)
     y = _xp.deliver(xp, y, out, tuple(x.shape))
 
     new_mean, new_var = running_mean, running_var
@@ -180,42 +170,32 @@ def instance_norm_backward(dy, saved: InstanceNormSaved, *, out=None, backend=No
 
     `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
     """
-    x, weight = saved.x, saved.weight
-    xp = _xp.namespace(dy, x, out)
-    _checks.floating(_NAME, "dy", dy, xp)
-    _checks.same_shape(_NAME, "dy", dy, "x", x)
-    _checks.same_dtype(_NAME, "dy", dy, "x", x)
-    _checks.output(_NAME, "out", out, x)
+    x = saved.x
+    xp = _common.backward_inputs(_NAME, dy, x, out)
     kernels_for(registry.OPS[_NAME], x, backend)
 
     n, channels, s = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     pshape = (1, channels, 1)
-    acc = saved.mean.dtype
-    stats = (n, channels, 1) if saved.use_input_stats else pshape
-    mean = xp.reshape(saved.mean, stats)
-    rstd = xp.reshape(saved.rstd, stats)
-    x_hat = (xp.astype(xp.reshape(x, (n, channels, s)), acc) - mean) * rstd
-    dya = xp.astype(xp.reshape(dy, (n, channels, s)), acc)
-    g = dya if weight is None else dya * xp.reshape(xp.astype(weight, acc), pshape)
-    if saved.use_input_stats:
-        x_hat = _recentred(xp, x_hat, _STAT_AXES)
-        dx = _moments_backward(xp, g, x_hat, rstd, _STAT_AXES)
-    else:
-        dx = g * rstd  # the running statistics are constants: only the scaling remains
-    dx = _xp.deliver(xp, xp.astype(dx, x.dtype), out, tuple(x.shape))
-    dweight, dbias = _param_grads(xp, dya, x_hat, weight, saved.bias_dtype, _PARAM_SUM_AXES)
-    return dx, dweight, dbias
+    return _common.normalized_backward(
+        xp,
+        dy,
+        saved,
+        out,
+        view=(n, channels, s),
+        pshape=pshape,
+        stats_shape=(n, channels, 1) if saved.use_input_stats else pshape,
+        axes=_STAT_AXES,
+        param_axes=_PARAM_SUM_AXES,
+        through_stats=saved.use_input_stats,
+    )
 
 
 def _batch_averaged_update(xp, running, stat, momentum, acc):
     """mean over samples of (momentum * stat + (1 - momentum) * running), stat of shape (N, C, 1):
     each sample updates its own copy of the running statistic, then the copies are averaged (what
     ATen's instance_norm does), in the wider of the accumulation dtype and the statistic's."""
-    dtype = xp.result_type(running.dtype, acc)
-    channels = running.shape[0]
-    per_sample = momentum * xp.reshape(xp.astype(stat, dtype), (-1, channels)) + (
-        1.0 - momentum
-    ) * xp.reshape(xp.astype(running, dtype), (1, channels))
+    stat = xp.reshape(stat, (-1, running.shape[0]))
+    per_sample, _ = _common.moving_average(xp, running, stat, momentum, acc)
     return xp.astype(xp.mean(per_sample, axis=0), running.dtype)
 
 
@@ -241,16 +221,11 @@ def instance_norm_variant(
     f64 = xp.float64
     xa = xp.reshape(xp.astype(x, f64), (n, channels, s))
     if use_input_stats:
-        mean = xp.mean(xa, axis=2, keepdims=True)
-        if fast_variance:
-            var = xp.mean(xa * xa, axis=2, keepdims=True) - mean * mean
-            var = xp.where(var > 0, var, xp.zeros_like(var))
-        else:
-            var = xp.mean((xa - mean) ** 2, axis=2, keepdims=True)
+        mean, var = _common.variant_moments(xp, xa, _STAT_AXES, fast_variance)
     else:
         mean = xp.reshape(xp.astype(running_mean, f64), (1, channels, 1))
         var = xp.reshape(xp.astype(running_var, f64), (1, channels, 1))
-    y = _affine(xp, (xa - mean) / xp.sqrt(var + eps), weight, bias, (1, channels, 1), f64)
+    y = _common.affine(xp, (xa - mean) / xp.sqrt(var + eps), weight, bias, (1, channels, 1), f64)
     y = xp.astype(xp.reshape(y, x.shape), x.dtype)
     if not use_input_stats or running_mean is None or n == 0:
         return y, running_mean, running_var

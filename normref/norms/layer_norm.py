@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 from normref import _checks, _xp, registry
 from normref._dispatch import kernels_for
+from normref.norms import _common
 
 __all__ = ["LayerNormSaved", "layer_norm", "layer_norm_forward", "layer_norm_backward"]
 
@@ -115,11 +116,7 @@ def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
     `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
     """
     x, weight = saved.x, saved.weight
-    xp = _xp.namespace(dy, x, out)
-    _checks.floating(_NAME, "dy", dy, xp)
-    _checks.same_shape(_NAME, "dy", dy, "x", x)
-    _checks.same_dtype(_NAME, "dy", dy, "x", x)
-    _checks.output(_NAME, "out", out, x)
+    xp = _common.backward_inputs(_NAME, dy, x, out)
 
     k = saved.normalized_ndim
     n = math.prod(x.shape[x.ndim - k :])

@@ -1,14 +1,11 @@
 """BatchNorm's reference: finite differences in training and eval, PyTorch autograd, running
 statistics over many steps against torch.nn.BatchNorm2d, numerics, purity, errors."""
 
-import array_api_strict
 import numpy as np
 import pytest
 from gradcheck import assert_gradients_match, numerical_vjp
 
-import normref
 from normref.norms.batch_norm import batch_norm, batch_norm_backward, batch_norm_forward
-from normref.registry import OPS
 
 torch = pytest.importorskip(
     "torch", reason="PyTorch is the independent implementation checked against"
@@ -358,81 +355,3 @@ def test_backward_refuses_a_mismatched_gradient():
         batch_norm_backward(np.ones((3, 2)), saved)
     with pytest.raises(TypeError, match="dy must have the dtype of x"):
         batch_norm_backward(np.ones((2, 3), np.float32), saved)
-
-
-# --- the op contract for a stateful op (tests/norms/test_norm_contract.py unpacks two outputs) ---
-
-
-def _case(index, dtype=np.float64):
-    """Inputs for the registry case, with a positive running variance."""
-    case = OPS["batch_norm"].cases[index]
-    rng = np.random.default_rng(index)
-    arrays = []
-    for name in OPS["batch_norm"].inputs:
-        shape = case.shapes.get(name)
-        if shape is None:
-            arrays.append(None)
-        elif name in ("weight", "running_var"):
-            arrays.append((1 + 0.2 * rng.normal(size=shape)).astype(dtype))
-        else:
-            arrays.append(rng.normal(size=shape).astype(dtype))
-    return arrays, dict(case.hyper)
-
-
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("index", range(len(OPS["batch_norm"].cases)))
-def test_reference_runs_unchanged_on_array_api_strict_and_torch(index, training):
-    arrays, hyper = _case(index)
-    hyper["training"] = training
-    dy = np.random.default_rng(10).normal(size=arrays[0].shape)
-    *outs, saved = batch_norm_forward(*arrays, **hyper)
-    grads = batch_norm_backward(dy, saved)
-    for convert in (array_api_strict.asarray, torch.from_numpy):
-
-        def conv(a, convert=convert):
-            return None if a is None else convert(a)
-
-        *outs2, saved2 = batch_norm_forward(*map(conv, arrays), **hyper)
-        grads2 = batch_norm_backward(conv(dy), saved2)
-        assert type(outs2[0]) is type(conv(dy))
-        for ours, theirs in zip(outs + list(grads), outs2 + list(grads2)):
-            if isinstance(ours, np.ndarray):
-                np.testing.assert_allclose(np.asarray(theirs), ours, rtol=1e-13, atol=1e-13)
-            else:
-                assert ours == theirs  # the count, or None
-
-
-def test_vjp_gives_the_outputs_and_a_pullback():
-    arrays, hyper = _case(0)
-    dy = np.random.default_rng(11).normal(size=arrays[0].shape)
-    *outs, saved = batch_norm_forward(*arrays, **hyper)
-    for name_or_fn in ("batch_norm", batch_norm, batch_norm_forward):
-        outs2, pullback = normref.vjp(name_or_fn, *arrays, **hyper)
-        for a, a2 in zip(outs, outs2):
-            np.testing.assert_array_equal(a2, a)
-        for g, g2 in zip(batch_norm_backward(dy, saved), pullback(dy)):
-            np.testing.assert_array_equal(g2, g)
-
-
-def test_out_receives_y_and_dx_contiguous_or_strided():
-    arrays, hyper = _case(0, np.float32)
-    x = arrays[0]
-    dy = np.random.default_rng(12).normal(size=x.shape).astype(np.float32)
-    y, *_, saved = batch_norm_forward(*arrays, **hyper)
-    for out in (np.empty_like(x), np.empty(x.shape[::-1], np.float32).T):
-        got, *_ = batch_norm_forward(*arrays, **hyper, out=out)
-        assert got is out
-        np.testing.assert_array_equal(out, y)
-    dx_out = np.empty_like(x)
-    assert batch_norm_backward(dy, saved, out=dx_out)[0] is dx_out
-    np.testing.assert_array_equal(dx_out, batch_norm_backward(dy, saved)[0])
-
-
-def test_explicit_backends_that_cannot_run_are_refused():
-    arrays, hyper = _case(0, np.float16)
-    with pytest.raises(TypeError, match="backend='numba' takes float32, float64, got float16"):
-        batch_norm_forward(*arrays, **hyper, backend="numba")
-    with pytest.raises(TypeError, match="backend='cuda' runs on CuPy arrays"):
-        batch_norm_forward(*arrays, **hyper, backend="cuda")
-    with normref.use_backend("reference"):
-        batch_norm_forward(*arrays, **hyper)

@@ -1,6 +1,7 @@
 """The op contract (design.md §3, §5, §9), checked for every registered normalization: the reference
-runs unchanged on any array-API library, calls are pure, `vjp` and `out=` behave, dispatch refuses
-what it cannot run, and importing normref loads no optional library."""
+runs unchanged on any array-API library (every registry case, every output: running statistics
+too), calls are pure, `vjp` and `out=` behave, dispatch refuses what it cannot run, and importing
+normref loads no optional library."""
 
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import normref
 from normref.registry import OPS
 
 NORMS = [op for op in OPS.values() if op.family == "normalization"]
+CASES = [(op, index) for op in NORMS for index in range(len(op.cases))]
 
 
 def inputs_for(op, case_index=0, dtype=np.float64, seed=0):
@@ -34,47 +36,33 @@ def inputs_for(op, case_index=0, dtype=np.float64, seed=0):
 
 
 def run(op, arrays, hyper, dy, **kw):
-    y, *_, saved = op.forward(*arrays, **hyper, **kw)
-    return y, op.backward(dy, saved, **kw)
+    """(the forward's outputs, the backward's gradients): lists, y first."""
+    *outputs, saved = op.forward(*arrays, **hyper, **kw)
+    return outputs, list(op.backward(dy, saved, **kw))
 
 
-@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
-@pytest.mark.parametrize("case_index", [0, 2])
-def test_reference_runs_on_array_api_strict(op, case_index):
+@pytest.mark.parametrize("library", ["array_api_strict", "torch"])
+@pytest.mark.parametrize("op, case_index", CASES, ids=[f"{op.name}-{i}" for op, i in CASES])
+def test_reference_runs_unchanged_on_array_api_strict_and_torch(op, case_index, library):
+    if library == "torch":
+        torch = pytest.importorskip("torch", reason="needs PyTorch to pass its tensors in")
+        convert = torch.from_numpy
+    else:
+        convert = array_api_strict.asarray
     arrays, hyper = inputs_for(op, case_index)
     dy = np.random.default_rng(1).normal(size=arrays[0].shape)
-    y, grads = run(op, arrays, hyper, dy, backend="reference")
+    outputs, grads = run(op, arrays, hyper, dy, backend="reference")
 
-    def strict(a):
-        return None if a is None else array_api_strict.asarray(a)
+    def conv(a):
+        return None if a is None else convert(a)
 
-    ys, grads_s = run(op, [strict(a) for a in arrays], hyper, strict(dy))
-    assert type(ys).__module__.startswith("array_api_strict")
-    np.testing.assert_allclose(np.asarray(ys), y, rtol=1e-13, atol=1e-13)
-    for g, gs in zip(grads, grads_s):
-        assert (g is None) == (gs is None)
-        if g is not None:
-            np.testing.assert_allclose(np.asarray(gs), g, rtol=1e-13, atol=1e-13)
-
-
-@pytest.mark.parametrize("op", NORMS, ids=lambda op: op.name)
-def test_reference_runs_on_torch_tensors_passed_straight_in(op):
-    torch = pytest.importorskip("torch", reason="needs PyTorch to pass its tensors in")
-    arrays, hyper = inputs_for(op, 1)
-    dy = np.random.default_rng(2).normal(size=arrays[0].shape)
-    y, grads = run(op, arrays, hyper, dy, backend="reference")
-
-    def tensor(a):
-        return None if a is None else torch.from_numpy(a)
-
-    yt, grads_t = run(op, [tensor(a) for a in arrays], hyper, tensor(dy))
-    assert isinstance(yt, torch.Tensor) and all(
-        g is None or isinstance(g, torch.Tensor) for g in grads_t
-    )
-    np.testing.assert_allclose(yt.numpy(), y, rtol=1e-13, atol=1e-13)
-    for g, gt in zip(grads, grads_t):
-        if g is not None:
-            np.testing.assert_allclose(gt.numpy(), g, rtol=1e-13, atol=1e-13)
+    outputs2, grads2 = run(op, [conv(a) for a in arrays], hyper, conv(dy))
+    for ours, theirs in zip(outputs + grads, outputs2 + grads2):
+        if isinstance(ours, np.ndarray):
+            assert type(theirs) is type(conv(dy))
+            np.testing.assert_allclose(np.asarray(theirs), ours, rtol=1e-13, atol=1e-13)
+        else:
+            assert theirs == ours  # None, or batch norm's num_batches_tracked
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
@@ -95,11 +83,13 @@ def test_calls_are_pure(op, backend):
 def test_vjp_equals_forward_then_backward(op):
     arrays, hyper = inputs_for(op, 0)
     dy = np.random.default_rng(4).normal(size=arrays[0].shape)
-    y, grads = run(op, arrays, hyper, dy, backend="reference")
-    for name_or_fn in (op.name, op.function):
-        outputs, pullback = normref.vjp(name_or_fn, *arrays, **hyper, backend="reference")
-        y2 = outputs[0] if len(op.outputs) > 1 else outputs
-        np.testing.assert_array_equal(y2, y)
+    outputs, grads = run(op, arrays, hyper, dy, backend="reference")
+    for name_or_fn in (op.name, op.function, op.forward):
+        outputs2, pullback = normref.vjp(name_or_fn, *arrays, **hyper, backend="reference")
+        outputs2 = outputs2 if len(outputs) > 1 else (outputs2,)
+        assert len(outputs2) == len(outputs)
+        for a, a2 in zip(outputs, outputs2):
+            np.testing.assert_array_equal(a2, a)
         for g, g2 in zip(grads, pullback(dy)):
             assert (g is None) == (g2 is None)
             if g is not None:
@@ -112,7 +102,7 @@ def test_out_receives_the_result_contiguous_or_strided(op, backend):
     arrays, hyper = inputs_for(op, 0, np.float32)
     x = arrays[0]
     dy = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
-    y, grads = run(op, arrays, hyper, dy, backend=backend)
+    (y, *_), grads = run(op, arrays, hyper, dy, backend=backend)
     # its own memory; strided; a contiguous view into a larger buffer whose rest stays as it was
     larger = np.full((3 * x.size,), 7.0, np.float32)
     window = larger[x.size : 2 * x.size].reshape(x.shape)

@@ -13,7 +13,11 @@ The protocol in full is in normref/conformance/adapter.py. In short, an adapter 
 
 - `OPS`: registry op name -> {"forward": f, "backward": b} (or a bare forward, or {"vjp": v});
 - `OPTIMIZERS`: registry optimizer name -> factory;
+- `TRANSFORMS`: registry gradient transform name (clipping) -> factory;
+- `SCHEDULES`: registry schedule name -> factory;
 - optionally `NAME`, the label the report shows.
+
+Every table is optional; an entry left out is reported "not provided".
 
 Everything crosses the boundary as NumPy arrays. Convert them to your framework's arrays on the
 way in and back with np.asarray on the way out. Use normref's hyperparameter names and meanings
@@ -21,12 +25,13 @@ way in and back with np.asarray on the way out. Use normref's hyperparameter nam
 since the point is to check that your op computes the same function when asked the same thing.
 
 The implementations below are small NumPy ones written for this example: they pass every golden
-case of the ops and optimizer they provide, so `normref verify` reports them PASS and lists every
-other op as "not provided".
+case of the ops, optimizer, transform and schedule they provide, so `normref verify` reports them
+PASS and lists every other entry as "not provided".
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -149,7 +154,44 @@ def sgd(params, *, lr, momentum, dampening, weight_decay, nesterov, maximize):
 
 
 # ---------------------------------------------------------------------------------------------
-# The tables normref reads. An op or optimizer left out is reported "not provided". To say that
+# Gradient clipping by global norm, PyTorch's clip_grad_norm_ (specs/clipping.md). A transform
+# factory takes the parameters (a list of arrays, which AGC reads and clipping by norm does not)
+# and every hyperparameter, and returns `apply`: one call on a list of gradients, returning the
+# transformed gradients in their dtype.
+
+
+def clip_by_global_norm(params, *, max_norm):
+    def apply(grads):
+        # one norm over every gradient together, in double precision
+        norm = math.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads))
+        # PyTorch's arithmetic: 1e-6 next to the norm, and never a factor above 1 (optax has no
+        # 1e-6 and leaves gradients below max_norm untouched: verify names that variant)
+        scale = min(max_norm / (norm + 1e-6), 1.0)
+        return [(g.astype(np.float64) * scale).astype(g.dtype) for g in grads]
+
+    return apply
+
+
+# ---------------------------------------------------------------------------------------------
+# A cosine schedule with linear warmup (specs/schedules.md). A schedule factory takes every
+# hyperparameter and returns `schedule(step) -> float`, with step 0-based: the number of updates
+# already taken, so the first update reads schedule(0).
+
+
+def cosine_with_warmup(*, peak, warmup_steps, total_steps, initial, final):
+    def schedule(step):
+        if step < warmup_steps:
+            return initial + (peak - initial) * step / warmup_steps
+        if step >= total_steps:
+            return final  # holds its final value (PyTorch's CosineAnnealingLR would rise again)
+        progress = (step - warmup_steps) / (total_steps - warmup_steps)
+        return final + (peak - final) * (1 + math.cos(math.pi * progress)) / 2
+
+    return schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# The tables normref reads. An entry left out is reported "not provided". To say that
 # one case is not supported (a dtype, a hyperparameter value), raise NotImplementedError("why")
 # from the function: that case is reported "not provided" too, never passed or failed.
 
@@ -160,4 +202,12 @@ OPS = {
 
 OPTIMIZERS = {
     "sgd": sgd,
+}
+
+TRANSFORMS = {
+    "clip_by_global_norm": clip_by_global_norm,
+}
+
+SCHEDULES = {
+    "cosine_with_warmup": cosine_with_warmup,
 }

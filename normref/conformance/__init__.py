@@ -5,7 +5,8 @@ command-line entry; the pieces:
 - runner: backends, `verify`, the report, and the target `normref` (this install's fast backends);
 - adapter: the adapter protocol for other implementations, and `load_target` (torch, jax, a
   user's module); torch_adapter, jax_adapter: the built-in peers (imported only when asked for);
-- trajectories: optimizer trajectory cases; diagnosis: which variant a failure matches;
+- trajectories: the generated cases of optimizers, gradient transforms and schedules;
+  diagnosis: which variant a failure matches;
 - display: the rich table (imported by the command only); pytest_plugin: `--normref-adapter`.
 
 Importing this package loads NumPy and normref only: never rich, torch or jax.

@@ -1,6 +1,6 @@
 """The adapter protocol: how `normref verify` runs an implementation other than normref's own.
 
-An adapter is a module (or any object) with two tables, both optional but not both absent::
+An adapter is a module (or any object) with up to four tables, each optional but not all absent::
 
     NAME = "myframework 1.2"            # optional: the label in the report (default: module name)
 
@@ -9,7 +9,9 @@ An adapter is a module (or any object) with two tables, both optional but not bo
         "rms_norm": rms_forward,         # a bare callable: forward only
         "batch_norm": {"vjp": bn_vjp},   # forward and backward in one
     }
-    OPTIMIZERS = {"sgd": make_sgd}       # registry optimizer name -> factory
+    OPTIMIZERS = {"sgd": make_sgd}       # registry.OPTIMIZERS name (family "optimizer") -> factory
+    TRANSFORMS = {"clip_by_value": make_clip}   # family "gradient_transform" -> factory
+    SCHEDULES = {"exponential_decay": make_exp}  # family "schedule" -> factory
 
 Everything crosses the boundary as NumPy arrays, with normref's names and meanings (specs/<op>.md):
 
@@ -26,12 +28,21 @@ Everything crosses the boundary as NumPy arrays, with normref's names and meanin
 - ``factory(params, **hyper) -> step``, ``step(grads) -> params``: an optimizer over a list of
   parameter arrays; `step` applies one update with a list of gradients and returns the parameters
   after it (it may update the arrays it was given in place).
+- ``TRANSFORMS[name](params, **hyper) -> apply``, ``apply(grads) -> grads``: a gradient transform
+  (clipping, specs/clipping.md) for a list of parameter arrays, which it may read (AGC) but must
+  not change; `apply` takes one list of gradients and returns the transformed list, in the
+  gradients' dtype (it may modify the arrays it was given). A case calls `apply` several times,
+  each with gradients of another scale; carry any state of the transform from call to call.
+- ``SCHEDULES[name](**hyper) -> schedule``, ``schedule(step) -> float``: a schedule
+  (specs/schedules.md); `step` is 0-based, the number of updates already taken, and is asked for
+  in order 0, 1, 2, ... (a scheduler that can only advance one step at a time can).
 
 Inputs are fresh copies, and a forward that modifies them fails its case (normref's ops are pure:
 return new running statistics rather than updating them in place). Raise NotImplementedError
 (with the reason) for a case your implementation does not support, such as a dtype or a
-hyperparameter value: the case is reported "not provided", never passed or failed. The same from a
-backward means the case is checked forward only.
+hyperparameter value, or a schedule's step it has no value for (from the factory, `step`,
+`apply` or `schedule` alike): the case is reported "not provided", never passed or failed. The
+same from a backward means the case is checked forward only.
 
 `load_target` turns the TARGET of `normref verify TARGET` into backends for the runner: `normref`
 (this install's fast backends), `torch`, `jax`, `package.module`, `package.module:attribute` or a
@@ -61,13 +72,17 @@ from normref.conformance.runner import (
 )
 from normref.conformance.trajectories import optimizers
 
-__all__ = ["AdapterBackend", "Implementation", "Target", "TargetError", "load_target"]
+__all__ = ["AdapterBackend", "Implementation", "TABLES", "Target", "TargetError", "load_target"]
 
 # Built-in peers: TARGET name -> the module holding its adapter.
 BUILTIN = {
     "torch": "normref.conformance.torch_adapter",
     "jax": "normref.conformance.jax_adapter",
 }
+
+
+# The adapter's table for each family of the registry's OPTIMIZERS table.
+TABLES = {"optimizer": "OPTIMIZERS", "gradient_transform": "TRANSFORMS", "schedule": "SCHEDULES"}
 
 
 class TargetError(Exception):
@@ -106,27 +121,47 @@ class Implementation:
 @dataclass(frozen=True)
 class Target:
     """What `normref verify TARGET` checks: the backends, the label, notes for the report, and
-    whether trajectories of optimizers are part of it."""
+    whether the cases of the OPTIMIZERS table (optimizers, transforms, schedules) are part of it."""
 
     label: str
     backends: list[Backend]
     notes: list[str]
-    optimizers: bool  # whether optimizer trajectory cases are run (adapters), or not (normref)
+    optimizers: bool  # whether the OPTIMIZERS table's cases are run (adapters), or not (normref)
     # normref's own kernels compute in float32 and round once, as the golden values do: for them a
     # lower-precision miss is a bug, never PRECISION (runner.py)
     strict: bool = False
 
 
 class AdapterBackend:
-    """Runs golden cases and trajectory cases through an adapter (the protocol above)."""
+    """Runs golden cases and generated cases (trajectories, transforms, schedules) through an
+    adapter (the protocol above)."""
 
-    def __init__(self, name: str, ops: Mapping[str, Any], optimizers: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        ops: Mapping[str, Any],
+        optimizers: Mapping[str, Any],
+        transforms: Mapping[str, Any] | None = None,
+        schedules: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.ops = {op: Implementation.parse(op, entry) for op, entry in ops.items()}
         self.optimizers = dict(optimizers)
-        for op, factory in self.optimizers.items():
-            if not callable(factory):
-                raise TargetError(f"OPTIMIZERS[{op!r}] must be callable, got {factory!r}")
+        self.transforms = dict(transforms or {})
+        self.schedules = dict(schedules or {})
+        for table, entries in (
+            ("OPTIMIZERS", self.optimizers),
+            ("TRANSFORMS", self.transforms),
+            ("SCHEDULES", self.schedules),
+        ):
+            for op, factory in entries.items():
+                if not callable(factory):
+                    raise TargetError(f"{table}[{op!r}] must be callable, got {factory!r}")
+
+    @property
+    def provided(self) -> set[str]:
+        """Every registry name the adapter has an entry for."""
+        return set(self.ops) | set(self.optimizers) | set(self.transforms) | set(self.schedules)
 
     def handles(self, case: Any) -> bool:
         return True  # an op the adapter lacks is reported "not provided" by `run`
@@ -135,10 +170,13 @@ class AdapterBackend:
         return None
 
     def run(self, case: Any, arrays: Mapping[str, np.ndarray]) -> Outcome:
+        runs = {
+            "trajectory": self._trajectory,
+            "transform": self._transform,
+            "schedule": self._schedule,
+        }
         try:
-            if getattr(case, "kind", "op") == "trajectory":
-                return self._trajectory(case, arrays)
-            return self._op(case, arrays)
+            return runs.get(getattr(case, "kind", "op"), self._op)(case, arrays)
         except NotImplementedError as e:  # the adapter's way of saying "not this case"
             raise NotProvided(str(e) or "the adapter raised NotImplementedError") from None
 
@@ -193,6 +231,35 @@ class AdapterBackend:
             for column, p in zip(history, after):
                 column.append(np.array(p, copy=True))  # the adapter may reuse its arrays
         return Outcome(outputs=[np.stack(c) for c in history], grads=None, ran=self.name)
+
+    def _transform(self, case: Any, arrays: Mapping[str, np.ndarray]) -> Outcome:
+        factory = self.transforms.get(case.op)
+        if factory is None:
+            raise NotProvided("not in the adapter's TRANSFORMS")
+        params = [arrays[f"input.param.{i}"].copy() for i in range(case.count)]
+        apply = factory(params, **dict(case.hyper))
+        history: list[list[np.ndarray]] = [[] for _ in params]
+        for t in range(case.steps):
+            grads = apply([arrays[f"input.grads.{i}"][t].copy() for i in range(case.count)])
+            if len(grads) != case.count:
+                raise ValueError(f"apply returned {len(grads)} arrays, expected {case.count}")
+            for column, g in zip(history, grads):
+                column.append(np.array(g, copy=True))
+        return Outcome(
+            outputs=[np.stack(c) for c in history],
+            grads=None,
+            ran=self.name,
+            # a transform reads the parameters; changing them is a bug
+            inputs_after={f"input.param.{i}": p for i, p in enumerate(params)},
+        )
+
+    def _schedule(self, case: Any, arrays: Mapping[str, np.ndarray]) -> Outcome:
+        factory = self.schedules.get(case.op)
+        if factory is None:
+            raise NotProvided("not in the adapter's SCHEDULES")
+        schedule = factory(**dict(case.hyper))
+        values = [float(schedule(step)) for step in range(case.steps)]
+        return Outcome(outputs=[np.array(values, dtype=np.float64)], grads=None, ran=self.name)
 
 
 def _as_numpy(value: Any) -> Any:
@@ -283,22 +350,33 @@ def _import_user(spec: str) -> tuple[Any, str]:
 
 
 def _from_adapter(adapter: Any, label: str) -> Target:
-    ops = getattr(adapter, "OPS", None) or {}
-    opts = getattr(adapter, "OPTIMIZERS", None) or {}
-    if not isinstance(ops, Mapping) or not isinstance(opts, Mapping):
-        raise TargetError(f"{label}: OPS and OPTIMIZERS must be dicts")
-    if not ops and not opts:
+    tables = {name: getattr(adapter, name, None) or {} for name in ("OPS", *TABLES.values())}
+    wrong = [name for name, table in tables.items() if not isinstance(table, Mapping)]
+    if wrong:
+        raise TargetError(f"{label}: {', '.join(wrong)} must be dicts")
+    if not any(tables.values()):
         raise TargetError(
-            f"{label} is not a normref adapter: it has no OPS or OPTIMIZERS table "
-            "(see examples/adapter_template.py)"
+            f"{label} is not a normref adapter: it has none of the tables "
+            f"{', '.join(tables)} (see examples/adapter_template.py)"
         )
-    known_ops, known_opts = set(registry.OPS), set(optimizers())
-    unknown = sorted(set(ops) - known_ops) + sorted(set(opts) - known_opts)
+    # each table takes the registry names of its own kind: a schedule in OPTIMIZERS is refused
+    known = {"OPS": set(registry.OPS)}
+    for family, name in TABLES.items():
+        known[name] = {n for n, info in optimizers().items() if info.family == family}
+    unknown = [
+        f"{name} names {sorted(set(table) - known[name])}, which normref does not know there "
+        f"(it knows {', '.join(sorted(known[name])) or 'none'})"
+        for name, table in tables.items()
+        if set(table) - known[name]
+    ]
     if unknown:
-        raise TargetError(
-            f"{label} names {unknown}, which normref does not know; ops: "
-            f"{', '.join(sorted(known_ops))}; optimizers: {', '.join(sorted(known_opts)) or 'none'}"
-        )
-    backend = AdapterBackend(str(label), ops, opts)
+        raise TargetError(f"{label}: {'; '.join(unknown)}")
+    backend = AdapterBackend(
+        str(label),
+        tables["OPS"],
+        tables["OPTIMIZERS"],
+        tables["TRANSFORMS"],
+        tables["SCHEDULES"],
+    )
     notes = list(getattr(adapter, "NOTES", ()))
     return Target(str(label), [backend], notes, optimizers=True)

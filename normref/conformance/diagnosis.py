@@ -3,12 +3,14 @@
 For an op, the candidates are its registered convention variants (`registry.Variant`): an
 `overrides` variant is normref's reference run with other hyperparameters (a peer's default eps),
 compared on outputs and gradients; a `forward` variant is another formula, compared on outputs
-only (variants define no backward). For an optimizer, the candidates are its
-`OptimizerVariant`s, whose trajectories are recomputed from the case's initial parameters and
-gradients. When no single variant explains the failure, pairs are tried where they compose: a
-formula with an override of other hyperparameters (Flax's LayerNorm default is flax_eps with
-fast_variance), or two overrides of different hyperparameters. Two formulas do not compose: each is
-a whole alternative computation.
+only (variants define no backward). For an entry of the OPTIMIZERS table (an optimizer, a gradient
+transform, a schedule), the candidates are its `OptimizerVariant`s, whose expected values are
+recomputed from the case's inputs: a trajectory from its initial parameters and gradients, a
+transform's calls from its parameters and gradients, a schedule's values at its steps. When no
+single variant explains the failure, pairs are tried where they compose: a formula with an
+override of other hyperparameters (Flax's LayerNorm default is flax_eps with fast_variance), or two
+overrides of different hyperparameters. Two formulas do not compose: each is a whole alternative
+computation.
 
 A candidate is accepted when, on every case that ran (passing ones too),
 
@@ -102,8 +104,9 @@ def _composable(a: Any, b: Any) -> bool:
 
 
 def candidates(info: Any, kind: str) -> tuple[list[Candidate], list[Candidate]]:
-    """(single variants, composable pairs) of an op (`kind` "op") or optimizer ("trajectory")."""
-    evaluate = _evaluate_trajectory if kind == "trajectory" else _evaluate_op
+    """(single variants, composable pairs) of an op (`kind` "op") or an entry of the OPTIMIZERS
+    table (a generated kind: "trajectory", "transform", "schedule")."""
+    evaluate = _evaluate_op if kind == "op" else _evaluate_generated
     variants = tuple(getattr(info, "variants", ()))
 
     def make(parts: tuple[Any, ...]) -> Candidate:
@@ -148,18 +151,14 @@ def _evaluate_op(
     return result
 
 
-def _evaluate_trajectory(
+def _evaluate_generated(
     info: Any, case: Any, arrays: Mapping[str, np.ndarray], formula: Any, overrides: Mapping
 ) -> Arrays:
-    from normref.conformance.trajectories import reference_trajectory
-
-    factory = formula or info.factory
-    optimizer = factory(**{**case.hyper, **overrides})
-    params = [arrays[f"input.param.{i}"] for i in range(case.count)]
-    grads = [[arrays[f"input.grads.{i}"][t] for i in range(case.count)] for t in range(case.steps)]
+    # the variant's optimizer, transform or schedule, run over the case's inputs as the golden
+    # values were (the case knows how: trajectories.py)
+    built = (formula or info.factory)(**{**case.hyper, **overrides})
     with np.errstate(all="ignore"):
-        trajectory = reference_trajectory(optimizer, params, grads)
-    return {f"output.param.{i}": p for i, p in enumerate(trajectory)}
+        return case.expected(built, arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +376,7 @@ def _first_difference(result: CaseResult) -> str:
 
 
 def _index_text(result: CaseResult, index: tuple[int, ...]) -> str:
-    if getattr(result.case, "kind", "op") == "trajectory" and index:
-        return f"at step {index[0]} (0-based), index {index[1:]}"
+    position = getattr(result.case, "position", None)  # a generated case: a step, or a call
+    if position is not None and index:
+        return position(index)
     return f"at index {index}"

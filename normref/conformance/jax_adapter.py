@@ -24,7 +24,11 @@ code would, and nothing more, so that what differs is the peer's own convention:
   is an lr schedule; LAMB's and LARS' masks other than True are not provided; optax's own
   conventions stay at their defaults for verify to name: nadam's missing momentum schedule
   (momentum_decay has no counterpart), eps inside the root (adagrad; rmsprop's default
-  eps_in_sqrt=True), radam's eps on the bias-corrected root, lars' ratio of the decayed gradient.
+  eps_in_sqrt=True), radam's eps on the bias-corrected root, lars' ratio of the decayed gradient;
+- optax's clipping as it is (clip_by_global_norm without PyTorch's 1e-6, adaptive_grad_clip over
+  JAX layouts: verify names both); optax's schedules where they are normref's (constant,
+  exponential_decay with and without staircase, warmup_cosine_decay_schedule, linear schedules
+  joined); its one-cycle has other phase ends and it has no momentum cycle: not provided.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import optax  # noqa: E402
 
 from normref import registry  # noqa: E402
 
-__all__ = ["NAME", "OPS", "OPTIMIZERS"]
+__all__ = ["NAME", "OPS", "OPTIMIZERS", "SCHEDULES", "TRANSFORMS"]
 
 NAME = f"jax {jax.__version__} / flax {flax.__version__} / optax {optax.__version__}"
 
@@ -353,6 +357,72 @@ OPTIMIZERS = {
         "lamb": _lamb,
         "lars": _lars,
         "lion": _lion,
+    }.items()
+    if name in getattr(registry, "OPTIMIZERS", {})
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient transforms: optax's, with optax's own conventions for verify to name (no 1e-6 in
+# clip_by_global_norm, variant optax_no_eps; AGC's units over JAX layouts, variant optax_layout).
+
+
+def _transform(make: Callable[..., Any]) -> Callable[..., Any]:
+    def factory(params: list[np.ndarray], **hyper: Any):
+        transform = make(**hyper)
+        current = [jnp.asarray(p) for p in params]
+        state = transform.init(current)
+
+        def apply(grads: list[np.ndarray]) -> list[np.ndarray]:
+            nonlocal state
+            updates, state = transform.update([jnp.asarray(g) for g in grads], state, current)
+            return [np.asarray(u) for u in updates]
+
+        return apply
+
+    return factory
+
+
+TRANSFORMS = {
+    name: _transform(make)
+    for name, make in {
+        "clip_by_global_norm": lambda *, max_norm: optax.clip_by_global_norm(max_norm),
+        "clip_by_value": lambda *, clip_value: optax.clip(clip_value),
+        "adaptive_grad_clip": lambda *, clipping, eps: optax.adaptive_grad_clip(clipping, eps),
+    }.items()
+    if name in getattr(registry, "OPTIMIZERS", {})
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: optax's, which read the 0-based count as normref does. optax's one-cycle
+# (cosine_onecycle_schedule) ends its phases at int(pct_start * T) and T, where PyTorch's and
+# normref's end at pct_start * T - 1 and T - 1: another schedule, so one_cycle is not provided;
+# optax has no momentum cycle (one_cycle_momentum).
+
+
+def _linear_with_warmup(*, peak, warmup_steps, total_steps, initial, final):
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(initial, peak, warmup_steps),
+            optax.linear_schedule(peak, final, total_steps - warmup_steps),
+        ],
+        [warmup_steps],
+    )
+
+
+SCHEDULES = {
+    name: make
+    for name, make in {
+        "constant": lambda *, value: optax.constant_schedule(value),
+        "step_decay": lambda *, value, step_size, gamma: optax.exponential_decay(
+            value, step_size, gamma, staircase=True
+        ),
+        "exponential_decay": lambda *, value, gamma: optax.exponential_decay(value, 1, gamma),
+        "cosine_with_warmup": lambda *, peak, warmup_steps, total_steps, initial, final: (
+            optax.warmup_cosine_decay_schedule(initial, peak, warmup_steps, total_steps, final)
+        ),
+        "linear_with_warmup": _linear_with_warmup,
     }.items()
     if name in getattr(registry, "OPTIMIZERS", {})
 }

@@ -1,6 +1,6 @@
 """pytest plugin: run normref's golden cases against an adapter inside another project's tests.
 
-    pytest --normref-adapter=my_pkg.adapter              # one test per golden / trajectory case
+    pytest --normref-adapter=my_pkg.adapter              # one test per golden / generated case
     pytest --normref-adapter=my_pkg.adapter --normref-ops='layer_norm,adam*'
 
 Installed normref registers this module under the `pytest11` entry point `normref`; without the
@@ -36,7 +36,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--normref-ops",
         default="*",
         metavar="PATTERNS",
-        help="comma-separated fnmatch patterns of the ops and optimizers to run (default: all)",
+        help="comma-separated fnmatch patterns of the ops, optimizers, transforms and schedules "
+        "to run (default: all)",
     )
 
 
@@ -45,7 +46,7 @@ class CaseFailure(Exception):
 
 
 class NormrefCase(pytest.Item):
-    """One golden case (or optimizer trajectory) on one adapter."""
+    """One golden case (or generated case: trajectory, transform, schedule) on one adapter."""
 
     def __init__(self, *, backend: Any, case: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -77,7 +78,8 @@ class NormrefCase(pytest.Item):
 
 
 class NotProvidedOp(pytest.Item):
-    """An op or optimizer the adapter lacks: one skipped test, so the gap shows in the summary."""
+    """An op, optimizer, transform or schedule the adapter lacks: one skipped test, so the gap
+    shows in the summary."""
 
     def runtest(self) -> None:
         pytest.skip(f"{self.name} is not provided by the adapter")
@@ -96,13 +98,13 @@ class AdapterCollector(pytest.Collector):
 
     def collect(self) -> list[pytest.Item]:
         from normref.conformance.runner import select
-        from normref.conformance.trajectories import load_trajectories
+        from normref.conformance.trajectories import load_cases
         from normref.golden.store import load_index
 
         backend = self.target.backends[0]
         cases = [c for c in load_index() if select(c.op, self.ops)]
-        cases += [c for c in load_trajectories() if select(c.op, self.ops)]
-        provided = set(backend.ops) | set(backend.optimizers)
+        cases += [c for c in load_cases() if select(c.op, self.ops)]
+        provided = backend.provided
         items: list[pytest.Item] = []
         absent: dict[str, None] = {}
         for case in cases:

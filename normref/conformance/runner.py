@@ -1,7 +1,9 @@
 """Running golden cases on an implementation and judging the results (design.md §7).
 
-- a *backend* runs one case (forward, then backward from the stored dy; or an optimizer's whole
-  trajectory) on some implementation and hands back NumPy arrays, plus the name of what ran;
+- a *backend* runs one case (forward, then backward from the stored dy; or a generated case of
+  the OPTIMIZERS table: an optimizer's whole trajectory, a gradient transform's calls, a
+  schedule's values) on some implementation and hands back NumPy arrays, plus the name of what
+  ran;
 - `verify` loops over cases x backends, compares every output and gradient with the float64
   expected values using the tolerance table, gathers a `Report` with one row per (op, backend),
   and diagnoses every failing row (normref.conformance.diagnosis): which convention variant of
@@ -133,7 +135,7 @@ class NormrefBackend:
 
     def handles(self, case: GoldenCase) -> bool:
         if getattr(case, "kind", "op") != "op":
-            return False  # optimizer trajectories of the target normref: not yet (no fused kernel)
+            return False  # the OPTIMIZERS table's cases on the target normref: not yet
         return self._has_kernel(case) != self.auto
 
     def unavailable(self, case: GoldenCase) -> str | None:
@@ -221,8 +223,8 @@ class CaseResult:
     worst_in: str | None = None  # the array with the worst error
     errors: dict[str, float] = field(default_factory=dict)
     message: str = ""
-    kind: str = "op"  # "op" (a golden case) or "trajectory" (an optimizer's)
-    checked: str = ""  # what was compared: "forward+backward", "forward", "trajectory"
+    kind: str = "op"  # "op" (a golden case), "trajectory", "transform" or "schedule" (generated)
+    checked: str = ""  # what was compared: "forward+backward", "forward", or the generated kind
     # problems other than values out of tolerance (a wrong shape or dtype, a modified input)
     structural: list[str] = field(default_factory=list)
     # For the diagnosis, kept out of reports: the case, its arrays, and what the target computed.
@@ -338,16 +340,18 @@ def verify(
 ) -> Report:
     """Run every golden case whose op matches `ops` (fnmatch patterns) and no `skip` pattern, in
     `dtypes` (None: all), on each backend that handles it, and judge it against the golden values;
-    with `trajectories`, the optimizers' trajectory cases too. Each failing row is diagnosed, and
-    marked PRECISION when it qualifies (above); `strict` makes those rows fail the report.
+    with `trajectories`, the generated cases of the OPTIMIZERS table too (optimizer trajectories,
+    gradient transforms, schedules: normref.conformance.trajectories). Each failing row is
+    diagnosed, and marked PRECISION when it qualifies (above); `strict` makes those rows fail the
+    report.
 
     A GoldenError from the index propagates (nothing can be checked); one from a single case's
     file fails that case."""
     cases: list[Any] = list(load_index(directory))
     if trajectories:
-        from normref.conformance.trajectories import load_trajectories
+        from normref.conformance.trajectories import load_cases
 
-        cases += load_trajectories()
+        cases += load_cases()
     cases = [c for c in cases if select(c.op, ops, skip) and (dtypes is None or c.dtype in dtypes)]
     work = [(case, [b for b in backends if b.handles(case)]) for case in cases]
     total = sum(len(bs) for _, bs in work)
@@ -442,8 +446,8 @@ def _run_one(backend: Backend, case: Any, arrays: Mapping[str, np.ndarray]) -> C
     worst = errors[worst_in] if worst_in else 0.0
     if worst > 1:
         problems.insert(0, f"{worst_in} off by {worst:.3g}x the tolerance")
-    if kind == "trajectory":
-        checked = "trajectory"
+    if kind != "op":
+        checked = kind  # "trajectory", "transform", "schedule": outputs only
     else:
         checked = "forward" if outcome.grads is None and case.grads else "forward+backward"
     notes = [outcome.note] if outcome.note else []

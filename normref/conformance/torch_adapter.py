@@ -3,7 +3,12 @@
 Forward through `torch.nn.functional` (BatchNorm through the `nn.BatchNorm*d` module itself, via
 `torch.func.functional_call`, so that its Python-side bookkeeping runs too: momentum=None's
 cumulative average and num_batches_tracked); backward through torch's own autograd, fed the
-golden dy; optimizers through `torch.optim`, one `step()` per gradient of the trajectory.
+golden dy; optimizers through `torch.optim`, one `step()` per gradient of the trajectory;
+gradient transforms through `torch.nn.utils.clip_grad_norm_` and `clip_grad_value_` (torch has no
+AGC); schedules through `torch.optim.lr_scheduler` (StepLR, ExponentialLR, OneCycleLR for the lr
+and the momentum, LinearLR and CosineAnnealingLR behind a LinearLR warmup in SequentialLR), each
+case torch cannot express (LinearLR cannot start from 0; past its end CosineAnnealingLR rises again
+and OneCycleLR stops) reported not provided.
 
 normref follows PyTorch's conventions, so each entry passes normref's hyperparameters through
 under PyTorch's names; the only translations are PyTorch's required arguments that normref
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 
 from normref import registry
 
-__all__ = ["NAME", "OPS", "OPTIMIZERS"]
+__all__ = ["NAME", "OPS", "OPTIMIZERS", "SCHEDULES", "TRANSFORMS"]
 
 NAME = f"torch {torch.__version__}"
 
@@ -212,6 +217,182 @@ OPTIMIZERS = {
         "adagrad": torch.optim.Adagrad,
         "rmsprop": torch.optim.RMSprop,
         "adadelta": torch.optim.Adadelta,
+    }.items()
+    if name in getattr(registry, "OPTIMIZERS", {})
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradient transforms: torch.nn.utils' clipping functions, which modify the .grad of the
+# parameters they are given. normref's hyperparameter names (max_norm, clip_value) are theirs.
+# PyTorch has no adaptive gradient clipping (timm's adaptive_clip_grad is outside torch): not
+# provided.
+
+
+def _transform(clip: Callable[..., Any]) -> Callable[..., Any]:
+    def factory(params: list[np.ndarray], **hyper: Any):
+        tensors = [torch.tensor(p, requires_grad=True) for p in params]
+
+        def apply(grads: list[np.ndarray]) -> list[np.ndarray]:
+            for t, g in zip(tensors, grads):
+                t.grad = torch.tensor(g)
+            clip(tensors, **hyper)
+            return [t.grad.numpy() for t in tensors]
+
+        return apply
+
+    return factory
+
+
+TRANSFORMS = {
+    name: _transform(clip)
+    for name, clip in {
+        "clip_by_global_norm": torch.nn.utils.clip_grad_norm_,
+        "clip_by_value": torch.nn.utils.clip_grad_value_,
+    }.items()
+    if name in getattr(registry, "OPTIMIZERS", {})
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules: torch.optim.lr_scheduler on a one-parameter SGD, read from its param group after
+# each optimizer.step(); scheduler.step() (0-based steps, specs/schedules.md). Each maker takes
+# normref's hyperparameters and returns the scheduler; it raises NotImplementedError where torch
+# cannot express the case, so that the case is reported not provided.
+
+_lr = torch.optim.lr_scheduler
+
+
+def _sgd(lr: float) -> torch.optim.SGD:
+    # momentum, so that OneCycleLR has a momentum to cycle
+    return torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
+
+
+def _constant(*, value):
+    # a constant lr is no scheduler in torch; ConstantLR with factor 1 is that as a scheduler
+    return _lr.ConstantLR(_sgd(value), factor=1.0, total_iters=0)
+
+
+def _step_decay(*, value, step_size, gamma):
+    return _lr.StepLR(_sgd(value), step_size, gamma)
+
+
+def _exponential_decay(*, value, gamma):
+    return _lr.ExponentialLR(_sgd(value), gamma)
+
+
+def _warmup(peak, warmup_steps, initial, decay):
+    """normref's linear warmup as LinearLR, then `decay(optimizer)` (SequentialLR)."""
+    optimizer = _sgd(peak)
+    if warmup_steps == 0:
+        return decay(optimizer)
+    if not 0 < initial / peak <= 1:  # LinearLR's start_factor must be in (0, 1]
+        raise NotImplementedError(f"LinearLR cannot warm up from initial/peak = {initial / peak}")
+    warm = _lr.LinearLR(optimizer, initial / peak, 1.0, warmup_steps)
+    return _lr.SequentialLR(optimizer, [warm, decay(optimizer)], [warmup_steps])
+
+
+def _cosine_with_warmup(*, peak, warmup_steps, total_steps, initial, final):
+    def decay(optimizer):
+        return _lr.CosineAnnealingLR(optimizer, total_steps - warmup_steps, final)
+
+    # CosineAnnealingLR is periodic: past T_max it rises again where normref holds `final`
+    why = "CosineAnnealingLR rises again after T_max (normref holds final)"
+    return _warmup(peak, warmup_steps, initial, decay), total_steps, why
+
+
+def _linear_with_warmup(*, peak, warmup_steps, total_steps, initial, final):
+    if not 0 <= final / peak <= 1:  # LinearLR's end_factor must be in [0, 1]
+        raise NotImplementedError(f"LinearLR cannot decay to final/peak = {final / peak}")
+
+    def decay(optimizer):
+        return _lr.LinearLR(optimizer, 1.0, final / peak, total_steps - warmup_steps)
+
+    return _warmup(peak, warmup_steps, initial, decay)
+
+
+def _one_cycle(
+    *,
+    max_value,
+    total_steps,
+    pct_start,
+    anneal,
+    div_factor,
+    final_div_factor,
+    three_phase,
+    momentum=None,
+):
+    cycle = {"cycle_momentum": False}
+    if momentum is not None:
+        cycle = {"cycle_momentum": True, "base_momentum": momentum[0], "max_momentum": momentum[1]}
+    scheduler = _lr.OneCycleLR(
+        _sgd(1.0),
+        max_value,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        anneal_strategy=anneal,
+        div_factor=div_factor,
+        final_div_factor=final_div_factor,
+        three_phase=three_phase,
+        **cycle,
+    )
+    # OneCycleLR has no value past total_steps - 1 (it extrapolates at total_steps, then raises)
+    return scheduler, total_steps, "OneCycleLR ends at total_steps - 1 (normref holds that value)"
+
+
+def _one_cycle_momentum(*, total_steps, base, max_value, pct_start, anneal, three_phase):
+    # the lr's own arguments do not change the momentum
+    return _one_cycle(
+        max_value=1.0,
+        total_steps=total_steps,
+        pct_start=pct_start,
+        anneal=anneal,
+        div_factor=25.0,
+        final_div_factor=1e4,
+        three_phase=three_phase,
+        momentum=(base, max_value),
+    )
+
+
+def _schedule(make: Callable[..., Any], key: str = "lr") -> Callable[..., Any]:
+    """A protocol factory around a scheduler maker, which returns the scheduler, or (scheduler,
+    end, why) where torch's values stop being normref's at step `end`. `key`: the param group
+    entry the schedule drives."""
+
+    def factory(**hyper: Any):
+        def start() -> tuple[Any, int | None, str]:
+            made = make(**hyper)
+            return made if isinstance(made, tuple) else (made, None, "")
+
+        (scheduler, end, why), at = start(), 0
+
+        def schedule(step: int) -> float:
+            nonlocal scheduler, at
+            if end is not None and step >= end:
+                raise NotImplementedError(f"{why}: no value from step {end} on")
+            if step < at:  # a scheduler only goes forward: start again
+                (scheduler, _, _), at = start(), 0
+            while at < step:
+                scheduler.optimizer.step()  # nothing to update; torch expects it before .step()
+                scheduler.step()
+                at += 1
+            return float(scheduler.optimizer.param_groups[0][key])
+
+        return schedule
+
+    return factory
+
+
+SCHEDULES = {
+    name: _schedule(make, key)
+    for name, (make, key) in {
+        "constant": (_constant, "lr"),
+        "step_decay": (_step_decay, "lr"),
+        "exponential_decay": (_exponential_decay, "lr"),
+        "cosine_with_warmup": (_cosine_with_warmup, "lr"),
+        "linear_with_warmup": (_linear_with_warmup, "lr"),
+        "one_cycle": (_one_cycle, "lr"),
+        "one_cycle_momentum": (_one_cycle_momentum, "momentum"),
     }.items()
     if name in getattr(registry, "OPTIMIZERS", {})
 }

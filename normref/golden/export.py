@@ -3,8 +3,9 @@ that a C++, Rust or JavaScript project can test against the cases without Python
 (specs/golden-format.md describes the layout).
 
 What is written: every op case of the shipped golden data (read through the checked loader, so a
-corrupt file stops the export) and every optimizer trajectory case (normref.conformance.
-trajectories), each in its own directory named by the case id, one `.npy` per array, and
+corrupt file stops the export) and every generated case of the registry's OPTIMIZERS table
+(normref.conformance.trajectories: optimizer trajectories, gradient-transform calls, schedule
+values), each in its own directory named by the case id, one `.npy` per array, and
 `manifest.json` listing them with the op, hyperparameters, shapes, dtypes, tolerances and the
 sha256 of every file. `.npy` is the simplest self-describing array format (a short text header,
 then the raw little-endian data in C order); readers exist for every language.
@@ -27,7 +28,7 @@ from normref.golden.store import GoldenError, load_index
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "MANIFEST", "ExportError", "export"]
 
 EXPORT_FORMAT = "normref-golden-export"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the kinds "transform" and "schedule" (1 had "op" and "trajectory")
 MANIFEST = "manifest.json"
 RULE = "|got - expected| <= atol + rtol * |expected|, elementwise; NaN matches NaN"
 
@@ -90,25 +91,34 @@ def _op_entry(root: Path, case: Any, arrays: Mapping[str, np.ndarray]) -> dict[s
     }
 
 
-def _trajectory_entry(root: Path, case: Any, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def _generated_entry(root: Path, case: Any, arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """A trajectory, transform or schedule case: what they share, then the arrays of its kind."""
+
     def column(key: str) -> list[dict[str, Any]]:
         return [
             _write(root, case.id, f"{key}.{i}", arrays[f"{key}.{i}"]) for i in range(case.count)
         ]
 
-    return {
+    entry = {
         "id": case.id,
-        "kind": "trajectory",
+        "kind": case.kind,
         "op": case.op,
         "family": case.info.family,
         "dtype": case.dtype,
         "hyper": _json_able(case.hyper),
-        "steps": case.steps,
-        "params": column("input.param"),
-        "grads": column("input.grads"),
-        "expected": column("output.param"),
-        "tolerance": _tolerance(case),
     }
+    if case.kind == "schedule":
+        entry["steps"] = case.steps
+        entry["expected"] = _write(root, case.id, "output.value", arrays["output.value"])
+    else:
+        # a trajectory's rows are its updates, a transform's its calls
+        entry["calls" if case.kind == "transform" else "steps"] = case.steps
+        entry["params"] = column("input.param")
+        entry["grads"] = column("input.grads")
+        outputs = "output.param" if case.kind == "trajectory" else "output.grads"
+        entry["expected"] = column(outputs)
+    entry["tolerance"] = _tolerance(case)
+    return entry
 
 
 def _prepare(root: Path) -> None:
@@ -140,8 +150,9 @@ def _prepare(root: Path) -> None:
 
 def export(directory: str | Path, *, data: str | Path | None = None) -> dict[str, Any]:
     """Write every op case (from the golden data in `data`, default the shipped data) and every
-    optimizer trajectory case to `directory`; returns the manifest written."""
-    from normref.conformance.trajectories import load_trajectories
+    generated case (trajectories, transforms, schedules) to `directory`; returns the manifest
+    written."""
+    from normref.conformance.trajectories import load_cases
 
     root = Path(directory)
     try:
@@ -150,16 +161,16 @@ def export(directory: str | Path, *, data: str | Path | None = None) -> dict[str
         raise ExportError(str(e)) from None
     _prepare(root)
     entries = []
-    for case in [*cases, *load_trajectories()]:
+    for case in [*cases, *load_cases()]:
         try:
             arrays = case.arrays()
         except GoldenError as e:
             raise ExportError(str(e)) from None
         (root / case.id).mkdir()
-        if getattr(case, "kind", "op") == "trajectory":
-            entries.append(_trajectory_entry(root, case, arrays))
-        else:
+        if getattr(case, "kind", "op") == "op":
             entries.append(_op_entry(root, case, arrays))
+        else:
+            entries.append(_generated_entry(root, case, arrays))
     manifest = {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,

@@ -127,9 +127,66 @@ def adam(*, decoupled: bool, bias_correction: bool = True, eps_inside_sqrt: bool
     return factory
 
 
-def adapter(ops: dict | None = None, optimizers: dict | None = None, name: str = "deviant") -> Any:
+def clip_by_global_norm(*, torch_eps: bool):
+    """A transform factory clipping by the global norm: PyTorch's g * min(c / (norm + 1e-6), 1),
+    or without the 1e-6 the way Pascanu et al. and optax write it (untouched below c, else
+    g / norm * c)."""
+
+    def factory(params, *, max_norm):
+        def apply(grads):
+            norm = float(np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in grads)))
+            if torch_eps:
+                scale = min(max_norm / (norm + 1e-6), 1.0)
+                return [(g.astype(np.float64) * scale).astype(g.dtype) for g in grads]
+            if norm < max_norm:
+                return [g.copy() for g in grads]
+            return [(g.astype(np.float64) / norm * max_norm).astype(g.dtype) for g in grads]
+
+        return apply
+
+    return factory
+
+
+def agc_channels_last(params, *, clipping, eps):
+    """Adaptive gradient clipping with a unit per output channel of a channels-last layout (JAX's
+    (in, out) and HWIO): every axis but the last is reduced; a 1-D array is one unit."""
+
+    def apply(grads):
+        out = []
+        for p, g in zip(params, grads):
+            axes = None if p.ndim <= 1 else tuple(range(p.ndim - 1))
+            pc, gc = p.astype(np.float64), g.astype(np.float64)
+            p_norm = np.sqrt(np.sum(pc * pc, axis=axes, keepdims=True))
+            g_norm = np.sqrt(np.sum(gc * gc, axis=axes, keepdims=True))
+            limit = np.maximum(p_norm, eps) * clipping
+            clipped = gc * (limit / np.maximum(g_norm, 1e-6))
+            out.append(np.where(g_norm < limit, gc, clipped).astype(g.dtype))
+        return out
+
+    return apply
+
+
+def exponential_decay_one_based(*, value, gamma):
+    """value * gamma ** (step + 1): a scheduler stepped once before the first update."""
+    return lambda step: value * gamma ** (step + 1)
+
+
+def adapter(
+    ops: dict | None = None,
+    optimizers: dict | None = None,
+    name: str = "deviant",
+    *,
+    transforms: dict | None = None,
+    schedules: dict | None = None,
+) -> Any:
     """An adapter object (the protocol accepts any object with the tables)."""
-    return SimpleNamespace(NAME=name, OPS=ops or {}, OPTIMIZERS=optimizers or {})
+    return SimpleNamespace(
+        NAME=name,
+        OPS=ops or {},
+        OPTIMIZERS=optimizers or {},
+        TRANSFORMS=transforms or {},
+        SCHEDULES=schedules or {},
+    )
 
 
 # Importable by `normref verify tests.conformance.deviants:LN_EPS_OUTSIDE_SQRT` and friends.
@@ -147,4 +204,14 @@ ADAM_EPS_INSIDE_SQRT = adapter(
 )
 ADAM_RIGHT = adapter(
     optimizers={"adam": adam(decoupled=False), "adamw": adam(decoupled=True)}, name="adam right"
+)
+CLIP_NO_EPS = adapter(
+    transforms={"clip_by_global_norm": clip_by_global_norm(torch_eps=False)}, name="clip no eps"
+)
+CLIP_RIGHT = adapter(
+    transforms={"clip_by_global_norm": clip_by_global_norm(torch_eps=True)}, name="clip right"
+)
+AGC_CHANNELS_LAST = adapter(transforms={"adaptive_grad_clip": agc_channels_last}, name="agc last")
+EXP_DECAY_ONE_BASED = adapter(
+    schedules={"exponential_decay": exponential_decay_one_based}, name="exp 1-based"
 )

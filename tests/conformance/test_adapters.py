@@ -15,12 +15,13 @@ from normref import registry
 from normref.cli import main
 from normref.conformance.adapter import TargetError, load_target
 from normref.conformance.runner import NOT_PROVIDED, PASS, verify
-from normref.conformance.trajectories import load_trajectories, optimizers
+from normref.conformance.trajectories import load_cases, optimizers
 from normref.golden import load_index
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "examples" / "adapter_template.py"
-PROVIDED = {"layer_norm", "rms_norm", "sgd"}  # what the template implements
+# what the template implements: two ops, an optimizer, a gradient transform, a schedule
+PROVIDED = {"layer_norm", "rms_norm", "sgd", "clip_by_global_norm", "cosine_with_warmup"}
 
 
 def _run(capsys, *argv):
@@ -38,13 +39,13 @@ def test_the_template_passes_everything_it_provides(spec, monkeypatch, capsys, t
     report = json.loads(path.read_text())
     verdicts = {r["op"]: r["verdict"] for r in report["rows"]}
     assert {op for op, v in verdicts.items() if v == PASS} == PROVIDED
-    # every other op and optimizer is listed as not provided, never as passing
+    # every other op, optimizer, transform and schedule is listed as not provided, never passing
     assert set(verdicts) == set(registry.OPS) | set(optimizers())
     assert all(v == NOT_PROVIDED for op, v in verdicts.items() if op not in PROVIDED)
-    assert "not provided by the target: batch_norm" in out
+    assert "not provided by the target: batch_norm" in out and "one_cycle" in out
     ran = {c["id"] for c in report["cases"] if c["verdict"] == PASS}
     expected = {c.id for c in load_index() if c.op in PROVIDED}
-    expected |= {c.id for c in load_trajectories() if c.op in PROVIDED}
+    expected |= {c.id for c in load_cases() if c.op in PROVIDED}
     assert ran == expected
     assert all(c["checked"] for c in report["cases"] if c["verdict"] == PASS)
 
@@ -60,7 +61,8 @@ def test_filters_ops_skip_and_dtype(monkeypatch, capsys, tmp_path):
     cases = json.loads(path.read_text())["cases"]
     ran = {c["id"] for c in cases if c["verdict"] == PASS}
     assert ran and all(i.endswith("float32") for i in ran)
-    assert {i.rsplit("-", 2)[0] for i in ran} == {"layer_norm", "sgd"}
+    # *_norm selects clip_by_global_norm too: patterns cover every table
+    assert {i.rsplit("-", 2)[0] for i in ran} == {"layer_norm", "sgd", "clip_by_global_norm"}
     assert "layer_norm-00-float32" in out  # -v: one row per case
 
 

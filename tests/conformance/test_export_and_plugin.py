@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from normref.cli import main
-from normref.conformance.trajectories import load_trajectories
+from normref.conformance.trajectories import load_cases
 from normref.golden import load_index
 from normref.golden.export import ExportError, export
 
@@ -45,11 +45,13 @@ def _read(root: Path, entry: dict) -> np.ndarray:
 
 def test_export_round_trips_every_case(exported):
     manifest = json.loads((exported / "manifest.json").read_text())
-    assert manifest["format"] == "normref-golden-export" and manifest["version"] == 1
+    assert manifest["format"] == "normref-golden-export" and manifest["version"] == 2
     entries = {c["id"]: c for c in manifest["cases"]}
     op_cases = load_index()
-    trajectories = load_trajectories()
-    assert set(entries) == {c.id for c in op_cases} | {c.id for c in trajectories}
+    generated = load_cases()
+    assert set(entries) == {c.id for c in op_cases} | {c.id for c in generated}
+    kinds = {e["kind"] for e in entries.values()}
+    assert kinds == {"op", "trajectory", "transform", "schedule"}
 
     for case in op_cases:
         entry, arrays = entries[case.id], case.arrays()
@@ -68,14 +70,22 @@ def test_export_round_trips_every_case(exported):
         for key, array in arrays.items():
             assert read[key].dtype == array.dtype and np.array_equal(read[key], array), key
 
-    for case in trajectories:
+    for case in generated:
         entry, arrays = entries[case.id], case.arrays()
-        assert entry["kind"] == "trajectory" and entry["steps"] == case.steps
+        assert entry["kind"] == case.kind and entry["family"] == case.info.family
+        if case.kind == "schedule":
+            assert entry["steps"] == case.steps and entry["dtype"] == "float64"
+            got = _read(exported, entry["expected"])
+            assert np.array_equal(got, arrays["output.value"]), case.id
+            continue
+        length = "calls" if case.kind == "transform" else "steps"
+        assert entry[length] == case.steps
+        outputs = "output.grads" if case.kind == "transform" else "output.param"
         for i in range(case.count):
             for field, key in (
                 ("params", "input.param"),
                 ("grads", "input.grads"),
-                ("expected", "output.param"),
+                ("expected", outputs),
             ):
                 got = _read(exported, entry[field][i])
                 assert np.array_equal(got, arrays[f"{key}.{i}"]), (case.id, field, i)
@@ -106,9 +116,9 @@ def _expected_counts() -> tuple[int, int]:
     from normref import registry
     from normref.conformance.trajectories import optimizers
 
-    provided = {"layer_norm", "rms_norm", "sgd"}
+    provided = {"layer_norm", "rms_norm", "sgd", "clip_by_global_norm", "cosine_with_warmup"}
     cases = [c for c in load_index() if c.op in provided]
-    cases += [c for c in load_trajectories() if c.op in provided]
+    cases += [c for c in load_cases() if c.op in provided]
     absent = (set(registry.OPS) | set(optimizers())) - provided
     return len(cases), len(absent)
 

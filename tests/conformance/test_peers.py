@@ -9,6 +9,10 @@ What PyTorch 2.13 CPU does, as verify reports it (and these tests pin down):
 - float16: PyTorch's CPU kernels round intermediate results to float16, a few times the float16
   tolerance off (which assumes one rounding at the end), and the diagnosis says exactly that.
 
+Gradient transforms and schedules (clip_grad_norm_, clip_grad_value_, torch.optim.lr_scheduler)
+pass; torch has no AGC, LinearLR cannot warm up from 0, and past their end CosineAnnealingLR rises
+again and OneCycleLR stops: those are not provided (test_transforms_schedules.py).
+
 So every row PyTorch provides is PASS or PRECISION (float64 passes, a lower precision is off by
 rounding), and `normref verify torch` exits 0; with --strict it exits 1.
 

@@ -68,6 +68,9 @@ class Diagnosis:
     matches: list[str] = field(default_factory=list)
     first_difference: str | None = None
     not_separated: list[str] = field(default_factory=list)
+    # float64 passes and the failures are finite value errors in lower precisions that no variant
+    # explains: rounding alone (the runner's PRECISION verdict)
+    precision: bool = False
     # candidate -> case id -> worst error of the target against it (None: could not evaluate)
     candidates: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
@@ -80,6 +83,7 @@ class Diagnosis:
             "matches": self.matches,
             "first_difference": self.first_difference,
             "not_separated": self.not_separated,
+            "precision": self.precision,
             "candidates": {
                 name: {cid: num(e) for cid, e in per_case.items()}
                 for name, per_case in self.candidates.items()
@@ -303,6 +307,9 @@ def diagnose(results: Sequence[CaseResult]) -> Diagnosis:
         summary += " (none is registered)"
     precision = _precision_hint(ran, failing)
     summary += f"; {precision}{first_difference}"
+    diagnosis.precision = (
+        bool(precision) and not other and all(math.isfinite(r.worst or 0.0) for r in failing)
+    )
     # Rounding-only conventions are the reference in float64: a float64 failure rules them out,
     # and a float64 pass already makes the difference "precision", which covers them.
     if not precision and diagnosis.not_separated and all(r.dtype != "float64" for r in failing):

@@ -403,22 +403,8 @@ def _diagnose_rows(rows: list[Row], results: Sequence[CaseResult]) -> None:
         found = diagnose(group)
         row.diagnosis = found.summary
         row.diagnosis_detail = found.to_json()
-        if not found.matches and _precision_only(group):
+        if found.precision:
             row.verdict = PRECISION
-
-
-def _precision_only(group: Sequence[CaseResult]) -> bool:
-    """Whether a failing row differs from the golden values by rounding alone: every float64 case
-    passed (at least one ran), and every failure is a finite value error in a lower precision."""
-    float64 = [r for r in group if r.dtype == "float64" and r.verdict in (PASS, FAIL)]
-    failing = [r for r in group if r.verdict == FAIL]
-    return (
-        bool(float64)
-        and all(r.verdict == PASS for r in float64)
-        and all(
-            not r.structural and r.worst is not None and math.isfinite(r.worst) for r in failing
-        )
-    )
 
 
 def _run_one(backend: Backend, case: Any, arrays: Mapping[str, np.ndarray]) -> CaseResult:

@@ -325,9 +325,22 @@ def report(results, title, caption, json_file=None):
         Path(json_file).write_text(json.dumps(rows, indent=1) + "\n")
 
 
+def _shape(text):
+    """'64x768' -> (64, 768)."""
+    try:
+        return tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape like 64x768, got {text!r}") from None
+
+
 def main(argv=None):
-    args = make_parser("python -m benchmarks", __doc__.split(".")[0]).parse_args(argv)
-    results = bench(SHAPES, OPS, args.threads, *round_counts(args), not args.no_torch)
+    parser = make_parser("python -m benchmarks", __doc__.split(".")[0])
+    parser.add_argument(
+        "--shape", action="append", type=_shape, help="only this shape, e.g. 64x768 (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    shapes = args.shape or SHAPES
+    results = bench(shapes, OPS, args.threads, *round_counts(args), not args.no_torch)
     title = f"normref norms, float32, {args.threads} threads (Numba and PyTorch)"
     report(results, title, CAPTION, args.json)
     return 0

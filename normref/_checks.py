@@ -53,7 +53,8 @@ def shape_is(op: str, name: str, x: Any, expected: tuple[int, ...], why: str) ->
 
 
 def same_shape(op: str, name: str, x: Any, like_name: str, like: Any) -> None:
-    shape_is(op, name, x, tuple(like.shape), f"the shape of {like_name}")
+    if tuple(x.shape) != tuple(like.shape):  # the message is built only for the error
+        shape_is(op, name, x, tuple(like.shape), f"the shape of {like_name}")
 
 
 def normalized_shape(op: str, x_shape: tuple[int, ...], given: Any, weight: Any) -> tuple[int, ...]:

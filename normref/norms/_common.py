@@ -128,7 +128,7 @@ def param_grads(xp, dya, x_hat, weight, bias_dtype, axes):
     dweight = dbias = None
     if weight is not None:
         dweight = xp.reshape(xp.sum(dya * x_hat, axis=axes), (-1,))
-        dweight = xp.astype(dweight, weight.dtype)
+        dweight = xp.astype(dweight, weight.dtype, copy=False)
     if bias_dtype is not None:
         dbias = xp.astype(xp.reshape(xp.sum(dya, axis=axes), (-1,)), bias_dtype)
     return dweight, dbias
@@ -179,9 +179,9 @@ def kernel_backward(xp, kernel, dy, saved, out, *stats):
     )
     dx = _xp.deliver(xp, dx, out, tuple(x.shape))
     if dweight is not None:
-        dweight = xp.astype(dweight, weight.dtype)
+        dweight = xp.astype(dweight, weight.dtype, copy=False)
     if dbias is not None:
-        dbias = xp.astype(dbias, saved.bias_dtype)
+        dbias = xp.astype(dbias, saved.bias_dtype, copy=False)
     return dx, dweight, dbias
 
 

@@ -153,9 +153,9 @@ def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
     dx = _xp.deliver(xp, dx, out, tuple(x.shape))
     shape = tuple(x.shape[x.ndim - k :])
     if dweight is not None:
-        dweight = xp.reshape(xp.astype(dweight, weight.dtype), shape)
+        dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), shape)
     if dbias is not None:
-        dbias = xp.reshape(xp.astype(dbias, saved.bias_dtype), shape)
+        dbias = xp.reshape(xp.astype(dbias, saved.bias_dtype, copy=False), shape)
     return dx, dweight, dbias
 
 

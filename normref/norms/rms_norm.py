@@ -117,7 +117,7 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
         )
     dx = _xp.deliver(xp, dx, out, tuple(x.shape))
     if dweight is not None:
-        dweight = xp.reshape(xp.astype(dweight, weight.dtype), tuple(weight.shape))
+        dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), tuple(weight.shape))
     return dx, dweight
 
 

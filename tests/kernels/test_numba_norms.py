@@ -30,6 +30,14 @@ def _rms(x, w, b, dy, backend, eps=1e-6):
 OPS = {"layer_norm": _ln, "rms_norm": _rms}
 
 
+@pytest.fixture(autouse=True, params=["cached", "streaming"])
+def blocking(request, monkeypatch):
+    """Every test runs both ways the kernels can run (see the kernel module's docstring): as for
+    problems that fit in L2 and as for problems that stream from memory, whatever its size."""
+    monkeypatch.setattr(kernels, "_STREAM_BYTES", 0 if request.param == "streaming" else 1 << 62)
+    return request.param
+
+
 def _up(a):
     return None if a is None else a.astype(np.float64)
 

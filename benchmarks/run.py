@@ -79,9 +79,13 @@ def _sample(fn, calls):
 
 
 def _calls_per_sample(fn):
-    """How many calls make a sample of about a millisecond."""
+    """How many calls make a sample of at least a millisecond: doubled until one does (a single
+    first call, slower than the rest, made samples of a few calls of the 64x768 ops)."""
     fn()
-    return max(1, int(1e-3 / max(_sample(fn, 1), 1e-7)))
+    calls = 1
+    while _sample(fn, calls) * calls < 1e-3:
+        calls *= 2
+    return calls
 
 
 def _time_groups(groups, rounds, blocks=3):

@@ -268,10 +268,12 @@ def test_plane_units_cover_every_value_once(shape):
     n, c, s = shape
     rows, seg = kernels.batch_norm_units(n, c, s)
     per = kernels._per_channel(n, s, rows, seg)
+    segments = -(-s // seg)
     seen = np.zeros((n, c, s), np.int64)
     for u in range(per * c):
         ch, p, n0, n1, s0, s1 = kernels._unit(u, n, c, s, rows, seg)
         assert 0 < (n1 - n0) * (s1 - s0) <= kernels._UNIT and 0 <= p < per
+        assert kernels._unit_index(ch, p, c, segments) == u  # how a channel finds its units
         seen[n0:n1, ch, s0:s1] += 1
     assert np.all(seen == 1)
 

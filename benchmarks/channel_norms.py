@@ -5,10 +5,10 @@ array-API reference against PyTorch CPU and a memory-bandwidth floor, in one run
 
 Built on run.py's machinery, for the same reasons (see its docstring): the floor is a streaming
 Numba kernel moving the op's minimum traffic (forward: read x, write y; backward: read dy and x,
-write dx), timed interleaved with the Numba calls in the same rounds, and each runtime (Numba,
-PyTorch) is visited in its own group after a pause so that the other's spinning threads are
-asleep. Inputs are NCHW float32; BatchNorm trains with running statistics (both libraries update
-them: normref returns new ones, PyTorch writes in place); GroupNorm uses 32 groups.
+write dx), and each implementation (Numba with and without out=, PyTorch) is timed in a group of
+its own, alternating with the floor, the groups taking turns; the reference after them. Inputs
+are NCHW float32; BatchNorm trains with running statistics (both libraries update them: normref
+returns new ones, PyTorch writes in place); GroupNorm uses 32 groups.
 """
 
 from __future__ import annotations
@@ -95,15 +95,16 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
         for op in ops:
             for pass_ in PASSES:
                 floor_fn, floor_bytes = _floor(pass_, x2, dy2, fy, fdx)
-                numba_fns = {
-                    "floor": floor_fn,
+                impls = {
                     "numba (out=)": _normref_fn(op, pass_, x, dy, w, b, "numba", out=True),
                     "numba": _normref_fn(op, pass_, x, dy, w, b, "numba", out=False),
                 }
-                torch_fns = {"torch": _torch_fn(torch, op, pass_, x, dy, w, b)} if torch else {}
+                if torch is not None:
+                    impls["torch"] = _torch_fn(torch, op, pass_, x, dy, w, b)
                 ref = {"reference": _normref_fn(op, pass_, x, dy, w, b, "reference", out=False)}
-                times = _time_by_runtime(numba_fns, torch_fns, ref, rounds, reference_rounds)
-                results += _rows(op, shape, pass_, times, _bytes(pass_, shape), floor_bytes)
+                times, floors = _time_by_runtime(floor_fn, impls, ref, rounds, reference_rounds)
+                nbytes = _bytes(pass_, shape)
+                results += _rows(op, shape, pass_, times, floors, nbytes, floor_bytes)
     return results
 
 

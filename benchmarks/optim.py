@@ -6,14 +6,15 @@ torch.optim.AdamW (default, foreach=True, fused=True) on the CPU and against a b
 The step's minimum traffic is 7 arrays of 4 bytes per element: read p, g, m, v; write p, m, v
 (in place, nothing else). The floor is a trivial parallel Numba kernel moving exactly those bytes
 (`_stream_adamw`), timed interleaved with normref in the same rounds, so that both see the same
-drift of a shared machine (benchmarks/run.py explains the interleaving and the pauses between
-the Numba and the PyTorch thread pools; its `_time_by_runtime` does the timing here too).
+drift of a shared machine (benchmarks/run.py explains the interleaving and the groups, one per
+runtime; its `_time_by_runtime` does the timing here too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -64,25 +65,23 @@ def bench(n, threads, rounds, reference_rounds, with_torch=True):
     torch = _threads(threads, with_torch)
     p, g = _inputs(n)
     floor_arrays = [p.copy(), g, np.zeros_like(p), np.zeros_like(p)]
-    numba_fns = {
-        "floor": lambda: _stream_adamw(*floor_arrays),
-        "normref numba": _normref_step(p, g, "numba"),
-    }
-    torch_fns = {}
+    impls = {"normref numba": _normref_step(p, g, "numba")}
     if torch is not None:
         variants = {
             "torch default": {},
             "torch foreach": {"foreach": True},
             "torch fused": {"fused": True},
         }
-        torch_fns = {name: _torch_step(torch, p, g, **kw) for name, kw in variants.items()}
+        impls |= {name: _torch_step(torch, p, g, **kw) for name, kw in variants.items()}
     reference = {"normref reference": _normref_step(p, g, "reference")}
-    times = _time_by_runtime(numba_fns, torch_fns, reference, rounds, reference_rounds)
+    floor_fn = lambda: _stream_adamw(*floor_arrays)  # noqa: E731
+    times, floors = _time_by_runtime(floor_fn, impls, reference, rounds, reference_rounds)
     nbytes = ARRAYS * 4 * n
-    floor = times.pop("floor")
+    floor = statistics.median(floors.values())
     rows = [{"impl": "floor (streaming)", "median_s": floor, "gbps": nbytes / floor / 1e9}]
     for impl, t in times.items():
-        row = {"impl": impl, "median_s": t, "gbps": nbytes / t / 1e9, "of_floor": floor / t}
+        of_floor = floors.get(impl, floor) / t  # against the floor sampled alternately with it
+        row = {"impl": impl, "median_s": t, "gbps": nbytes / t / 1e9, "of_floor": of_floor}
         for other in ("torch fused", "torch default"):
             if other in times:
                 row[f"vs {other}"] = times[other] / t  # > 1: faster than that torch step

@@ -8,8 +8,7 @@ channel, the statistics over the fan-in (in_channels * 9). The method is benchma
 helpers this module imports: the floor is a streaming Numba kernel moving the op's minimum traffic
 (forward: read the weight, write w; backward: read dw and the weight, write the gradient), timed
 interleaved with the Numba calls, and every ratio is a ratio of medians from the same rounds; each
-runtime's calls are grouped after a pause, so that one runtime's spinning OpenMP threads do not
-steal the cores from the other.
+runtime's calls form a group of their own, the groups taking turns (run.py says why).
 
 Rows per cell: "numba (out=)" is the public call (normref.weight_norm_forward(..., out=w,
 backend="numba"), and the backward with out=), writing into preallocated buffers: a fresh 19 MB
@@ -141,16 +140,16 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
         for op in ops:
             for pass_ in PASSES:
                 floor_fn, floor_bytes = _floor(pass_, v2, dw2, fy, fdx)
-                numba_fns = {
-                    "floor": floor_fn,
+                impls = {
                     "numba (out=)": _normref_fn(op, pass_, v, dw, g, "numba", out=True),
                     "numba kernel": _kernel_fn(op, pass_, v, dw, g),
                 }
-                torch_fns = {"torch": _torch_fn(torch, op, pass_, v, dw, g)} if torch else {}
+                if torch is not None:
+                    impls["torch"] = _torch_fn(torch, op, pass_, v, dw, g)
                 ref = {"reference": _normref_fn(op, pass_, v, dw, g, "reference", out=False)}
-                times = _time_by_runtime(numba_fns, torch_fns, ref, rounds, reference_rounds)
+                times, floors = _time_by_runtime(floor_fn, impls, ref, rounds, reference_rounds)
                 nbytes = _bytes(op, pass_, rows, n)
-                results += _rows(op, (rows, n), pass_, times, nbytes, floor_bytes)
+                results += _rows(op, (rows, n), pass_, times, floors, nbytes, floor_bytes)
     return results
 
 

@@ -7,13 +7,18 @@ Why it is built this way:
 
 - The floor is a trivial parallel streaming Numba kernel that moves the same bytes as the op's
   minimum traffic (forward: read x, write y; backward: read dy and x, write dx). Absolute bandwidth
-  drifts by 1.6x on a shared machine, so the floor is timed *interleaved* with the Numba op (floor,
-  op, floor, op, ...), and the floor fraction is a ratio of medians from the same rounds.
-- Implementations that allocate their outputs (PyTorch, Numba without out=, the reference) are
-  timed in groups of their own, the groups taking turns: their fresh pages evict everyone's data
-  from the caches. Groups follow each other with no pause: switching between Numba's and PyTorch's
-  thread pools cost nothing here, while a pause of tens of ms lets the VM park its CPUs and made
-  the next calls up to 8x slower.
+  drifts by 1.6x on a shared machine, so the floor is timed *interleaved* with the op (floor, op,
+  floor, op, ...), and the floor fraction is a ratio of medians from the same rounds.
+- Every implementation (Numba with and without out=, PyTorch) is timed that way in a group of its
+  own, the groups taking turns. Alone, an allocating implementation's fresh pages would not slow
+  the others; and each pays the same price for alternating with the floor, whose dirty cache lines
+  slowed the call after it by up to 20%: PyTorch timed alone, against Numba alternating, read
+  1.2x faster than it is. Groups follow each other with no pause: switching between Numba's and
+  PyTorch's thread pools cost nothing here, while a pause of tens of ms lets the VM park its CPUs
+  and made the next calls up to 8x slower.
+- The array-API reference is timed after all of them, not in turns with them: its float64
+  temporaries (gigabytes at the large shapes, given back to the system after each call) slowed
+  the floor and the kernels sampled after it by up to 1.6x.
 - Small shapes are timed as batches of calls, so that a sample lasts about a millisecond.
 """
 
@@ -90,9 +95,12 @@ def _calls_per_sample(fn):
 
 def _time_groups(groups, rounds, blocks=3):
     """Median seconds per call of every fn. `groups`: [(fns, rounds wanted, warm)]. Within a group
-    the fns are sampled round-robin (floor, op, floor, op, ...); the groups take turns in `blocks`
-    blocks so that slow drift of the machine reaches all of them, each turn starting with an
-    untimed call of every fn when `warm` (the previous group left other data in the caches)."""
+    the fns are sampled round-robin (floor, op, floor, op, ...), the order rotating by one each
+    round: the fn sampled right after the floor pays for the floor's dirty cache lines (a 20%
+    slowdown of BatchNorm at 32x64x56x56), so no fn may always be the one. The groups take turns
+    in `blocks` blocks so that slow drift of the machine reaches all of them, each turn starting
+    with an untimed call of every fn when `warm` (the previous group left other data in the
+    caches)."""
     calls = {name: _calls_per_sample(fn) for fns, _, _ in groups for name, fn in fns.items()}
     samples = {name: [] for name in calls}
     for block in range(blocks):
@@ -101,22 +109,26 @@ def _time_groups(groups, rounds, blocks=3):
             if warm and turns:
                 for fn in fns.values():
                     fn()
-            for _ in range(turns):
-                for name, fn in fns.items():
+            order = list(fns.items())
+            for turn in range(turns):
+                start = (block + turn) % len(order)
+                for name, fn in order[start:] + order[:start]:
                     samples[name].append(_sample(fn, calls[name]))
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def _time_by_runtime(numba_fns, torch_fns, reference_fns, rounds, reference_rounds):
-    """Median seconds per call, each runtime's fns a group of their own, warmed at every turn:
-    Numba's (the floor among them, interleaved), PyTorch's (none: no group), and the reference's
-    in `reference_rounds`."""
-    groups = [
-        (numba_fns, rounds, True),
-        (torch_fns, rounds, True),
-        (reference_fns, reference_rounds, True),
-    ]
-    return _time_groups([group for group in groups if group[0]], rounds)
+def _time_by_runtime(floor_fn, impls, reference_fns, rounds, reference_rounds):
+    """(times, floors): the median seconds per call of every fn in `impls` and in `reference_fns`,
+    and of the floor sampled alternately with each impl. Each impl forms a group with the floor,
+    warmed at every turn; the reference's fns are timed after them all, in `reference_rounds`:
+    their float64 temporaries (gigabytes at the large shapes, given back to the system after each
+    call) slowed the floor and the kernels sampled after them by up to 1.6x."""
+    groups = [({("floor", name): floor_fn, name: fn}, rounds, True) for name, fn in impls.items()]
+    times = _time_groups(groups, rounds)
+    floors = {name: times.pop(("floor", name)) for name in impls}
+    if reference_fns:
+        times |= _time_groups([(reference_fns, reference_rounds, False)], reference_rounds, 1)
+    return times, floors
 
 
 def _inputs(shape, seed=0):
@@ -227,12 +239,13 @@ def _threads(threads, with_torch=True):
     return torch
 
 
-def _rows(op, shape, pass_, times, nbytes, floor_bytes):
-    """One cell's table rows from _time_groups' medians, whose "floor" gives the floor's GB/s:
-    every other impl's time, GB/s of nbytes, fraction of the floor, and PyTorch time / its time."""
-    floor_gbps = floor_bytes / times.pop("floor") / 1e9
+def _rows(op, shape, pass_, times, floors, nbytes, floor_bytes):
+    """One cell's table rows from _time_by_runtime's medians: every impl's time, GB/s of nbytes,
+    fraction of the floor sampled alternately with it (the reference's: of the median floor), and
+    PyTorch time / its time."""
     rows = []
     for impl, t in times.items():
+        floor_gbps = floor_bytes / floors.get(impl, statistics.median(floors.values())) / 1e9
         gbps = nbytes / t / 1e9
         vs = times["torch"] / t if "torch" in times else None
         rows.append(Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs))
@@ -247,22 +260,17 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
         for op in ops:
             for pass_ in PASSES:
                 floor_fn, floor_bytes = _floor(pass_, x, dy)
-                fast = _normref_fns(op, pass_, x, dy, w, b, "numba", out=True)
-                # The floor alternates with the allocation-free op only: an op that allocates its
-                # outputs (32 MiB of fresh pages per call) evicts the others' data from the caches
-                # and slowed the floor sampled after it by 1.6x. Those run in groups of their own.
-                groups = [({"floor": floor_fn, "numba (out=)": fast}, rounds, True)]
+                impls = {"numba (out=)": _normref_fns(op, pass_, x, dy, w, b, "numba", out=True)}
                 if op == "layer_norm":
-                    numba = _normref_fns(op, pass_, x, dy, w, b, "numba", out=False)
-                    groups.append(({"numba": numba}, rounds, True))
+                    impls["numba"] = _normref_fns(op, pass_, x, dy, w, b, "numba", out=False)
                 if torch is not None:
-                    peer = _torch_fn(torch, op, pass_, x, dy, w, b)
-                    groups.append(({"torch": peer}, rounds, True))
-                reference = _normref_fns(op, pass_, x, dy, w, b, "reference", out=False)
-                groups.append(({"reference": reference}, reference_rounds, False))
-                times = _time_groups(groups, rounds)
+                    impls["torch"] = _torch_fn(torch, op, pass_, x, dy, w, b)
+                reference = {"reference": _normref_fns(op, pass_, x, dy, w, b, "reference", False)}
+                times, floors = _time_by_runtime(
+                    floor_fn, impls, reference, rounds, reference_rounds
+                )
                 nbytes = _bytes(op, pass_, shape)
-                results += _rows(op, shape, pass_, times, nbytes, floor_bytes)
+                results += _rows(op, shape, pass_, times, floors, nbytes, floor_bytes)
     return results
 
 

@@ -191,7 +191,8 @@ def moving_average(xp, running, stat, factor, acc):
     running statistic's dtype). Normalizing with the first keeps a float16 state from rounding y
     twice; the second is the new state."""
     dtype = xp.result_type(running.dtype, acc)
-    new = factor * xp.astype(stat, dtype) + (1.0 - factor) * xp.astype(running, dtype)
+    stat, running_ = xp.astype(stat, dtype, copy=False), xp.astype(running, dtype, copy=False)
+    new = factor * stat + (1.0 - factor) * running_
     return new, xp.astype(new, running.dtype)
 
 

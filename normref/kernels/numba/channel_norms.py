@@ -58,6 +58,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from normref.kernels.numba._prefetch import prefetch_block
+
 __all__ = [
     "batch_norm_units",
     "batch_norm_forward",
@@ -556,19 +558,31 @@ def _gn_forward(x, weight, bias, eps, y, mean, rstd):
         g = row % groups
         xi = xr[row]
         yi = yr[row]
+        nxt = min(row + 1, n * groups - 1)  # the row to prefetch
         k = xi[0]  # the shift K: x - K is exact for a group with a large offset
         m = _sum_shifted(xi, k) / acc(size)
-        r = acc(1) / np.sqrt(_sum_sq_shifted(xi, k, m) / acc(size) + acc(eps))
+        q = acc(0)  # _sum_sq_shifted's blocks, each claiming its lines of the output row
+        for b in range(0, size, _BLOCK):
+            q += _sum_sq_shifted(xi[b : b + _BLOCK], k, m)
+            prefetch_block(yr, row, b, _BLOCK, True)
+        r = acc(1) / np.sqrt(q / acc(size) + acc(eps))
         mean[i, g] = k + m
         rstd[i, g] = r
+        # Normalized a block at a time, each fetching its lines of the next row (the row is in L1).
         if short:
             values = slice(g * size, (g + 1) * size)
-            _normalize_weighted(xi, k, m, r, w_values[values], b_values[values], yi)
+            w_row, b_row = w_values[values], b_values[values]
+            for b in range(0, size, _BLOCK):
+                block = slice(b, b + _BLOCK)
+                _normalize_weighted(xi[block], k, m, r, w_row[block], b_row[block], yi[block])
+                prefetch_block(xr, nxt, b, _BLOCK, False)
         else:
             for j in range(cg):
                 ch = g * cg + j
-                plane = slice(j * s, (j + 1) * s)
-                _normalize(xi[plane], k, m, r, weight[ch], bias[ch], yi[plane])
+                for b in range(j * s, (j + 1) * s, _BLOCK):
+                    block = slice(b, min(b + _BLOCK, (j + 1) * s))
+                    _normalize(xi[block], k, m, r, weight[ch], bias[ch], yi[block])
+                    prefetch_block(xr, nxt, b, block.stop - b, False)
 
 
 @_kernel
@@ -591,6 +605,7 @@ def _gn_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
         mu = mean[i, g]
         r = rstd[i, g]
         dyi, xi, dxi = dyr[row], xr[row], dxr[row]
+        nxt = min(row + 1, n * groups - 1)  # the row to prefetch
         # Pass 1: sum(g), sum(g * xc), sum(xc), with xc = x - mean and g = dy * weight[channel].
         # Long planes: per channel sum(dy), sum(dy * xc) (kept for the parameter gradients) and
         # sum(xc), with the channel's weight applied to the sums instead of to every value.
@@ -620,9 +635,16 @@ def _gn_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
                     tb += dyi[t]
                 pw[i, g * cg + j] = tw
                 pb[i, g * cg + j] = tb
-        else:
-            for ch in range(g * cg, (g + 1) * cg):
-                _dx_batch_stats(dy[i, ch], x[i, ch], mu, r, cx, weight[ch], mg, mgx, dx[i, ch])
+        else:  # a block at a time, each fetching its lines of the next row
+            for j in range(cg):
+                ch = g * cg + j
+                for b in range(j * s, (j + 1) * s, _BLOCK):
+                    block = slice(b, min(b + _BLOCK, (j + 1) * s))
+                    w = weight[ch]
+                    _dx_batch_stats(dyi[block], xi[block], mu, r, cx, w, mg, mgx, dxi[block])
+                    prefetch_block(dyr, nxt, b, block.stop - b, False)
+                    prefetch_block(xr, nxt, b, block.stop - b, False)
+                    prefetch_block(dxr, nxt, b, block.stop - b, True)
                 pw[i, ch] = pw[i, ch] * r - cx * pb[i, ch]
     _sum_rows(pw, dweight)
     _sum_rows(pb, dbias)

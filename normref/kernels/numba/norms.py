@@ -17,11 +17,10 @@ How the kernels are built, and why:
 - The large-offset shift ``x - K`` goes through ``_minus``, compiled without fastmath: under
   ``reassoc`` LLVM could rewrite ``(x - K) - mean_d`` as ``x - (K + mean_d)`` and round away exactly
   what the shift keeps.
-- Each row is read from memory once and then worked on from cache, which leaves the memory bus idle
-  during the cache-resident passes. Software prefetches, issued a block at a time inside those
-  passes, fetch the next row (and claim the lines of the output row about to be written), so memory
-  traffic overlaps the arithmetic: 0.6 -> 0.9 of the bandwidth floor on (8192, 1024). They are hints
-  only and never change a result.
+- Each row is read from memory once and then worked on from cache. Software prefetches
+  (_prefetch.py), issued a block at a time inside the cache-resident passes, fetch the next row
+  (and claim the lines of the output row about to be written), so memory traffic overlaps the
+  arithmetic: 0.6 -> 0.9 of the bandwidth floor on (8192, 1024).
 - Two ways to run, chosen per call by ``_blocking`` from the bytes a call touches (never from the
   thread count): problems larger than L2 *stream*, with blocks of ``_STREAM_BLOCK`` elements and
   the prefetches above; problems that fit stay *cached*, with blocks of ``_CACHED_BLOCK`` and no
@@ -41,10 +40,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
+
+from normref.kernels.numba._prefetch import prefetch_block
 
 __all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
@@ -60,37 +58,6 @@ _SKEW = 64  # elements added between blocks of partial sums (see _partials)
 
 def _kernel(fn):
     return njit(cache=True, parallel=True, fastmath=_FASTMATH)(fn)
-
-
-def _make_prefetch(write):
-    """An intrinsic `prefetch(a, i, j)`: LLVM's prefetch of a[i, j]'s cache line into L1, for
-    reading or (write=True, x86 PREFETCHW) for writing. It takes the 2-D array and a row index, not
-    a row view, so that a kernel makes no view of a row it only prefetches."""
-
-    @intrinsic
-    def prefetch(typingctx, a, i, j):
-        def codegen(context, builder, sig, args):
-            aryty = sig.args[0]
-            ary = context.make_array(aryty)(context, builder, args[0])
-            ptr = cgutils.get_item_pointer(
-                context, builder, aryty, ary, [args[1], args[2]], wraparound=False
-            )
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            # The i8* form: native before LLVM 15's opaque pointers, auto-upgraded after.
-            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-            # (address, rw, locality 3 = keep in all cache levels, cache type 1 = data)
-            builder.call(fn, [builder.bitcast(ptr, i8p), i32(int(write)), i32(3), i32(1)])
-            return context.get_dummy_value()
-
-        return types.void(a, i, j), codegen
-
-    return prefetch
-
-
-_prefetch = _make_prefetch(write=False)
-_prefetch_w = _make_prefetch(write=True)
 
 
 @njit(cache=True)  # strict IEEE on purpose: see the module docstring
@@ -109,17 +76,6 @@ def _chunks(rows, n):
     while chunks * 2 <= most:
         chunks *= 2
     return chunks
-
-
-@njit(cache=True)
-def _prefetch_block(a, i, b, block, write):
-    """Prefetch the cache lines of a[i, b : b + block]."""
-    step = max(1, _LINE // a.itemsize)
-    for p in range(b, min(b + block, a.shape[1]), step):
-        if write:
-            _prefetch_w(a, i, p)
-        else:
-            _prefetch(a, i, p)
 
 
 @njit(cache=True)
@@ -179,7 +135,7 @@ def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
                 t += d * d
             v += t
             if stream:
-                _prefetch_block(y, i, b, block, True)
+                prefetch_block(y, i, b, block, True)
         r = acc(1) / np.sqrt(v / nf + eps_)
         mean[i] = k + m
         rstd[i] = r
@@ -198,7 +154,7 @@ def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
                     x_hat = x_hat + bb[j]
                 yb[j] = x_hat
             if stream:
-                _prefetch_block(x, nxt, b, block, False)
+                prefetch_block(x, nxt, b, block, False)
 
 
 @_kernel
@@ -249,7 +205,7 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
                 sgx += tgx
                 sx += tx
                 if stream:
-                    _prefetch_block(x, nxt, b, block, False)
+                    prefetch_block(x, nxt, b, block, False)
             # mean(g), mean(x_hat'), and mean(g * x_hat) for the re-centred x_hat = x_hat' - mx
             # (re-centring cancels the rounding of the saved mean on large-offset rows).
             mg = sg / nf
@@ -277,8 +233,8 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
                     if dbias is not None:
                         pbb[j] += d
                 if stream:
-                    _prefetch_block(dy, nxt, b, block, False)
-                    _prefetch_block(dx, nxt, b, block, True)
+                    prefetch_block(dy, nxt, b, block, False)
+                    prefetch_block(dx, nxt, b, block, True)
     if dweight is not None:
         _sum_chunks(pw, dweight)
     if dbias is not None:
@@ -303,7 +259,7 @@ def _rms_forward(x, weight, eps, y, rstd, block, stream):
                 t += acc(xb[j]) * acc(xb[j])
             s += t
             if stream:
-                _prefetch_block(y, i, b, block, True)
+                prefetch_block(y, i, b, block, True)
         r = acc(1) / np.sqrt(s / nf + eps_)
         rstd[i] = r
         for b in range(0, n, block):
@@ -317,7 +273,7 @@ def _rms_forward(x, weight, eps, y, rstd, block, stream):
                     x_hat = x_hat * wb[j]
                 yb[j] = x_hat
             if stream:
-                _prefetch_block(x, nxt, b, block, False)
+                prefetch_block(x, nxt, b, block, False)
 
 
 @_kernel
@@ -352,7 +308,7 @@ def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, block, stream):
                     t += g * acc(xb[j])
                 s += t
                 if stream:
-                    _prefetch_block(x, nxt, b, block, False)
+                    prefetch_block(x, nxt, b, block, False)
             mgx = s * r / nf
             for b in range(0, n, block):
                 xb = xi[b : b + block]
@@ -372,8 +328,8 @@ def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, block, stream):
                     if dweight is not None:
                         pwb[j] += d * x_hat
                 if stream:
-                    _prefetch_block(dy, nxt, b, block, False)
-                    _prefetch_block(dx, nxt, b, block, True)
+                    prefetch_block(dy, nxt, b, block, False)
+                    prefetch_block(dx, nxt, b, block, True)
     if dweight is not None:
         _sum_chunks(pw, dweight)
 

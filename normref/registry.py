@@ -92,8 +92,8 @@ _NORM_KERNELS = {
     "cuda": Kernels("normref.kernels.cuda.launch", ("float32", "float16", "float64")),
 }
 
-_CHANNEL_NORM_KERNELS = {  # batch_norm, group_norm: Numba has no float16
-    "numba": Kernels("normref.kernels.numba.channel_norms", ("float32", "float64")),
+_CHANNEL_NORM_KERNELS = {  # batch_norm, group_norm (Numba reads float16 as bits: _half.py)
+    "numba": Kernels("normref.kernels.numba.channel_norms", ("float32", "float16", "float64")),
     "cuda": Kernels("normref.kernels.cuda.channel_launch", ("float32", "float16", "float64")),
 }
 

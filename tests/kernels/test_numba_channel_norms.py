@@ -15,8 +15,10 @@ numba = pytest.importorskip("numba")
 import normref  # noqa: E402
 from normref.kernels.numba import channel_norms as kernels  # noqa: E402
 
-TOL = {np.float64: 1e-12, np.float32: 2e-6}
-DTYPES = [np.float32, np.float64]
+# float16 is computed in float32 and rounded once: half a float16 ulp (2**-11 relative) of each
+# output, plus float32's error. Its mean and rstd are float32 (the accumulation dtype), well inside.
+TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2.0**-11 + 2e-6}
+DTYPES = [np.float32, np.float64, np.float16]
 
 # (shape, groups). BatchNorm's plane layout: N = 1 with a plane longer than a unit (cut into
 # segments); odd sizes; short planes grouped 27 samples to a unit (8192 // 300), so 33 samples
@@ -92,6 +94,16 @@ def _scales(mode, inputs, ref, groups):
     }
 
 
+def _dtype_of(name, inputs):
+    """The dtype output `name` comes in: the running statistics' own; the saved mean and rstd in
+    the accumulation dtype (float32 for float16); the rest x's."""
+    if name.startswith("running"):
+        return inputs[name].dtype
+    if name in ("mean", "rstd") and inputs["x"].dtype == np.float16:
+        return np.dtype(np.float32)
+    return inputs["x"].dtype
+
+
 def assert_close(mode, inputs, groups=1, tol=None, eps=1e-5):
     """The numba outputs against the float64 reference on the same values; returns both. NaN must
     sit exactly where the reference has NaN; only the finite entries enter the error."""
@@ -106,7 +118,7 @@ def assert_close(mode, inputs, groups=1, tol=None, eps=1e-5):
         if want is None or np.isscalar(want):
             assert got == want, name
             continue
-        assert got.dtype == (inputs[name] if name.startswith("running") else inputs["x"]).dtype
+        assert got.dtype == _dtype_of(name, inputs), name
         got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
         assert np.array_equal(np.isnan(got), np.isnan(want)), f"{mode} {name}: NaN differs"
         got, want = got[~np.isnan(want)], want[~np.isnan(want)]

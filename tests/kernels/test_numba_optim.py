@@ -257,41 +257,6 @@ def test_bfloat16_params_with_float32_state(config):
 # ---- the bit conversions ------------------------------------------------------------------------
 
 
-def _midpoints(values32):
-    """The float32 values halfway between consecutive finite entries of sorted `values32`, and one
-    float32 ulp either side: where rounding to nearest even is decided."""
-    v = np.unique(values32[np.isfinite(values32)]).astype(np.float64)
-    mid = ((v[:-1] + v[1:]) / 2).astype(np.float32)  # exact: one more bit than 16-bit formats
-    return np.concatenate([mid, np.nextafter(mid, -np.inf), np.nextafter(mid, np.inf)])
-
-
-def test_float16_conversions_match_numpy():
-    halves = np.arange(2**16, dtype=np.uint16).view(np.float16)
-    widened = np.array([kernels._f16_to_f32(h) for h in halves.view(np.uint16)], np.float32)
-    assert_same_bits(widened, halves.astype(np.float32), "float16 -> float32, every value")
-    special = np.array([np.inf, -np.inf, np.nan, 65504, 65519.99, 65520, 1e-8, -(2.0**-25), 3e-8])
-    samples = np.concatenate([halves.astype(np.float32), _midpoints(halves.astype(np.float32))])
-    samples = np.concatenate([samples, special.astype(np.float32)])
-    narrowed = np.array([kernels._f32_to_f16(x) for x in samples], np.uint16).view(np.float16)
-    with np.errstate(over="ignore"):  # the overflows to inf are among the cases
-        want = samples.astype(np.float16)
-    assert_same_bits(narrowed, want, "float32 -> float16, ties and edges")
-
-
-def test_bfloat16_conversions_match_ml_dtypes():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    bf16 = ml_dtypes.bfloat16
-    every = np.arange(2**16, dtype=np.uint16)
-    widened = np.array([kernels._bf16_to_f32(b) for b in every], np.float32)
-    assert_same_bits(widened, every.view(bf16).astype(np.float32), "bfloat16 -> float32")
-    values = every.view(bf16).astype(np.float32)
-    samples = np.concatenate([values, _midpoints(values), np.float32([3.4e38, -3.4028235e38])])
-    narrowed = np.array([kernels._f32_to_bf16(x) for x in samples], np.uint16).view(bf16)
-    with np.errstate(over="ignore", invalid="ignore"):  # the overflows to inf are among the cases
-        want = samples.astype(bf16)
-    assert_same_bits(narrowed, want, "float32 -> bfloat16, ties and edges")
-
-
 def test_kernels_refuse_mismatched_arrays():
     k = optim.lion()._coefficients(0)
     with pytest.raises(ValueError, match="expected 4 float32 values, got 3"):

@@ -2,8 +2,10 @@
 
 The op wrappers (normref/norms/batch_norm.py, group_norm.py) validate, view x as a C-contiguous
 (N, C, S) array (S = prod(spatial)), allocate the outputs, cast weight/bias to the accumulation
-dtype (float32 for float32, float64 for float64: Numba has no float16) and call the five functions
-at the bottom of this module:
+dtype (float64 for float64, float32 otherwise) and call the five functions at the bottom of this
+module. x, y, dy and dx may be float16: the entry points pass them on as their uint16 bits, which
+the kernels read and write through _half.py's `load` and `store` (computed in float32, rounded once
+to float16, as the reference does; each kernel compiles once more, for that storage):
 
     batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq)     batch statistics
         x, y: (N, C, S); weight, bias: (C,) or None; mean, rstd, sumsq: (C,), written
@@ -58,6 +60,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from normref.kernels.numba._half import load, store, zero
 from normref.kernels.numba._prefetch import prefetch_block
 
 __all__ = [
@@ -161,13 +164,12 @@ def _finish_stats(n, s, eps, shift, centre, sumsq, mean, rstd):
 @njit(cache=True, fastmath=_FASTMATH)
 def _sum_shifted(v, k):
     """sum(v - k), blocked."""
-    acc = v.dtype.type
-    total = acc(0)
+    total = zero(v)
     for b in range(0, v.shape[0], _BLOCK):
         vb = v[b : b + _BLOCK]
-        t = acc(0)
+        t = zero(v)
         for j in range(vb.shape[0]):
-            t += _minus(vb[j], k)
+            t += _minus(load(vb, j), k)
         total += t
     return total
 
@@ -175,13 +177,12 @@ def _sum_shifted(v, k):
 @njit(cache=True, fastmath=_FASTMATH)
 def _sum_sq_shifted(v, k, m):
     """sum(((v - k) - m)^2), blocked."""
-    acc = v.dtype.type
-    total = acc(0)
+    total = zero(v)
     for b in range(0, v.shape[0], _BLOCK):
         vb = v[b : b + _BLOCK]
-        t = acc(0)
+        t = zero(v)
         for j in range(vb.shape[0]):
-            d = _minus(_minus(vb[j], k), m)
+            d = _minus(_minus(load(vb, j), k), m)
             t += d * d
         total += t
     return total
@@ -191,27 +192,23 @@ def _sum_sq_shifted(v, k, m):
 def _normalize(v, k, m, r, w, b, out):
     """out = ((v - k) - m) * r * w + b."""
     for j in range(v.shape[0]):
-        out[j] = _minus(_minus(v[j], k), m) * r * w + b
+        store(out, j, _minus(_minus(load(v, j), k), m) * r * w + b)
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _centred_sums(dy, x, mu):
     """(sum(dy), sum(dy * (x - mu)), sum(x - mu)), blocked. The weight is one number per plane,
     so the callers apply it to these sums instead of to every element."""
-    acc = x.dtype.type
-    sg = acc(0)
-    sgx = acc(0)
-    sx = acc(0)
+    sg = sgx = sx = zero(x)
     for b in range(0, x.shape[0], _BLOCK):
         xb = x[b : b + _BLOCK]
         dyb = dy[b : b + _BLOCK]
-        tg = acc(0)
-        tgx = acc(0)
-        tx = acc(0)
+        tg = tgx = tx = zero(x)
         for j in range(xb.shape[0]):
-            xc = _minus(xb[j], mu)
-            tg += dyb[j]
-            tgx += dyb[j] * xc
+            xc = _minus(load(xb, j), mu)
+            d = load(dyb, j)
+            tg += d
+            tgx += d * xc
             tx += xc
         sg += tg
         sgx += tgx
@@ -224,15 +221,15 @@ def _dx_batch_stats(dy, x, mu, r, cx, w, mg, mgx, dx):
     """The training backward: dx = r * (dy * w - mean(g) - x_hat * mean(g * x_hat)) with the
     re-centred x_hat = (x - mu) * r - cx."""
     for j in range(x.shape[0]):
-        xh = _minus(x[j], mu) * r - cx
-        dx[j] = r * (dy[j] * w - mg - xh * mgx)
+        xh = _minus(load(x, j), mu) * r - cx
+        store(dx, j, r * (load(dy, j) * w - mg - xh * mgx))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _dx_fixed_stats(dy, w, r, dx):
     """Fixed statistics: dx = dy * w * r."""
     for j in range(dy.shape[0]):
-        dx[j] = dy[j] * w * r
+        store(dx, j, load(dy, j) * w * r)
 
 
 # Column layout: the same, one value per column j of a row, with per-column parameters (a
@@ -243,42 +240,43 @@ def _dx_fixed_stats(dy, w, r, dx):
 @njit(cache=True, fastmath=_FASTMATH)
 def _add_shifted_columns(v, k, out):
     for j in range(v.shape[0]):
-        out[j] += _minus(v[j], k[j])
+        out[j] += _minus(load(v, j), k[j])
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _add_sq_shifted_columns(v, k, m, out):
     for j in range(v.shape[0]):
-        d = _minus(_minus(v[j], k[j]), m[j])
+        d = _minus(_minus(load(v, j), k[j]), m[j])
         out[j] += d * d
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _normalize_columns(v, k, m, r, w, b, out):
     for j in range(v.shape[0]):
-        out[j] = _minus(_minus(v[j], k[j]), m[j]) * r[j] * w[j] + b[j]
+        store(out, j, _minus(_minus(load(v, j), k[j]), m[j]) * r[j] * w[j] + b[j])
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _add_centred_sums_columns(dy, x, mu, sg, sgx, sx):
     for j in range(x.shape[0]):
-        xc = _minus(x[j], mu[j])
-        sg[j] += dy[j]
-        sgx[j] += dy[j] * xc
+        xc = _minus(load(x, j), mu[j])
+        d = load(dy, j)
+        sg[j] += d
+        sgx[j] += d * xc
         sx[j] += xc
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _dx_batch_stats_columns(dy, x, mu, r, cx, w, mg, mgx, dx):
     for j in range(x.shape[0]):
-        xh = _minus(x[j], mu[j]) * r[j] - cx[j]
-        dx[j] = r[j] * (dy[j] * w[j] - mg[j] - xh * mgx[j])
+        xh = _minus(load(x, j), mu[j]) * r[j] - cx[j]
+        store(dx, j, r[j] * (load(dy, j) * w[j] - mg[j] - xh * mgx[j]))
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _dx_fixed_stats_columns(dy, w, r, dx):
     for j in range(dy.shape[0]):
-        dx[j] = dy[j] * w[j] * r[j]
+        store(dx, j, load(dy, j) * w[j] * r[j])
 
 
 # ---- BatchNorm -----------------------------------------------------------------------------------
@@ -309,7 +307,7 @@ def _bn_forward_planes(x, eps, weight, bias, rows, seg, shift, centre, sumsq, me
         )
     m = acc(n * s)
     for ch in prange(c):
-        k = x[0, ch, 0]  # K: x - K is exact for a channel with a large offset
+        k = load(x, (0, ch, 0))  # K: x - K is exact for a channel with a large offset
         shift[ch] = k
         for p in range(per):
             _, _, n0, n1, s0, s1 = _unit(_unit_index(ch, p, c, segments), n, c, s, rows, seg)
@@ -344,7 +342,7 @@ def _bn_stats_columns(x, rows, shift, centre, sumsq):
     acc = sumsq.dtype.type
     xr = x.reshape((n, c * s))
     for ch in range(c):
-        shift[ch] = x[0, ch, 0]
+        shift[ch] = load(x, (0, ch, 0))
     k_col = np.repeat(shift, s)
     blocks = (n + rows - 1) // rows
     psum = np.zeros((blocks, c * s), dtype=sumsq.dtype)  # per (block, column): sum(x - K)
@@ -504,26 +502,21 @@ def _bn_backward_channel(ch, m, sdy, sdyx, sx, r, w, batch_stats, dweight, dbias
 def _normalize_weighted(v, k, m, r, w, b, out):
     """out = ((v - k) - m) * r * w + b, with a weight and a bias per value."""
     for j in range(v.shape[0]):
-        out[j] = _minus(_minus(v[j], k), m) * r * w[j] + b[j]
+        store(out, j, _minus(_minus(load(v, j), k), m) * r * w[j] + b[j])
 
 
 @njit(cache=True, fastmath=_FASTMATH)
 def _weighted_centred_sums(dy, x, mu, w):
     """(sum(g), sum(g * (x - mu)), sum(x - mu)) with g = dy * w, a weight per value; blocked."""
-    acc = x.dtype.type
-    sg = acc(0)
-    sgx = acc(0)
-    sx = acc(0)
+    sg = sgx = sx = zero(x)
     for b in range(0, x.shape[0], _BLOCK):
         xb = x[b : b + _BLOCK]
         dyb = dy[b : b + _BLOCK]
         wb = w[b : b + _BLOCK]
-        tg = acc(0)
-        tgx = acc(0)
-        tx = acc(0)
+        tg = tgx = tx = zero(x)
         for j in range(xb.shape[0]):
-            xc = _minus(xb[j], mu)
-            g = dyb[j] * wb[j]
+            xc = _minus(load(xb, j), mu)
+            g = load(dyb, j) * wb[j]
             tg += g
             tgx += g * xc
             tx += xc
@@ -537,8 +530,8 @@ def _weighted_centred_sums(dy, x, mu, w):
 def _dx_weighted(dy, x, mu, r, cx, w, mg, mgx, dx):
     """_dx_batch_stats with a weight per value."""
     for j in range(x.shape[0]):
-        xh = _minus(x[j], mu) * r - cx
-        dx[j] = r * (dy[j] * w[j] - mg - xh * mgx)
+        xh = _minus(load(x, j), mu) * r - cx
+        store(dx, j, r * (load(dy, j) * w[j] - mg - xh * mgx))
 
 
 @_kernel
@@ -559,7 +552,7 @@ def _gn_forward(x, weight, bias, eps, y, mean, rstd):
         xi = xr[row]
         yi = yr[row]
         nxt = min(row + 1, n * groups - 1)  # the row to prefetch
-        k = xi[0]  # the shift K: x - K is exact for a group with a large offset
+        k = load(xi, 0)  # the shift K: x - K is exact for a group with a large offset
         m = _sum_shifted(xi, k) / acc(size)
         q = acc(0)  # _sum_sq_shifted's blocks, each claiming its lines of the output row
         for b in range(0, size, _BLOCK):
@@ -631,8 +624,9 @@ def _gn_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
             for j in range(cg):
                 tw = tb = acc(0)
                 for t in range(j * s, (j + 1) * s):
-                    tw += dyi[t] * (_minus(xi[t], mu) * r - cx)
-                    tb += dyi[t]
+                    d = load(dyi, t)
+                    tw += d * (_minus(load(xi, t), mu) * r - cx)
+                    tb += d
                 pw[i, g * cg + j] = tw
                 pb[i, g * cg + j] = tb
         else:  # a block at a time, each fetching its lines of the next row
@@ -665,6 +659,17 @@ def _sum_rows(partial, out):
 # another, slower specialisation ('A' layout), which GroupNorm's reshape cannot even type.
 
 
+def _bits(a):
+    """An output as the kernels write it: float16 as its uint16 bits (_half.py), others as they are
+    (outputs are C-contiguous by contract)."""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
+
+
+def _storage(a):
+    """An input as the kernels read it: C-contiguous, float16 as its uint16 bits."""
+    return _bits(np.ascontiguousarray(a))
+
+
 def _or_fill(param, channels, dtype, value):
     """`param`, or `value` repeated: an absent weight acts as 1, a bias as 0 (module docstring)."""
     return np.full(channels, value, dtype) if param is None else np.ascontiguousarray(param)
@@ -674,7 +679,7 @@ def batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq):
     """y, mean, rstd, sumsq <- BatchNorm of x (N, C, S) with its batch statistics."""
     n, c, s = x.shape
     rows, seg = batch_norm_units(n, c, s)
-    x = np.ascontiguousarray(x)
+    x, y = _storage(x), _bits(y)
     shift, centre = np.empty(c, mean.dtype), np.empty(c, mean.dtype)
     if seg:
         w, b = _or_fill(weight, c, mean.dtype, 1), _or_fill(bias, c, mean.dtype, 0)
@@ -691,7 +696,7 @@ def batch_norm_apply(x, mean, rstd, weight, bias, y):
     rows, seg = batch_norm_units(n, c, s)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     zero = np.zeros(c, mean.dtype)  # the mean is the shift, nothing more to subtract
-    _apply(np.ascontiguousarray(x), mean, zero, rstd, weight, bias, rows, seg, y)
+    _apply(_storage(x), mean, zero, rstd, weight, bias, rows, seg, _bits(y))
 
 
 def _apply(x, shift, centre, rstd, weight, bias, rows, seg, y):
@@ -709,7 +714,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight, batch_stats, dx, dweight, dbi
     n, c, s = x.shape
     rows, seg = batch_norm_units(n, c, s)
     acc = mean.dtype
-    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dy, x, dx = _storage(dy), _storage(x), _bits(dx)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     dweight = np.empty(c, acc) if dweight is None else dweight
     dbias = np.empty(c, acc) if dbias is None else dbias
@@ -724,13 +729,13 @@ def group_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd (N, G) <- GroupNorm of x (N, C, S) over G = mean.shape[1] groups."""
     c, acc = x.shape[1], mean.dtype
     weight, bias = _or_fill(weight, c, acc, 1), _or_fill(bias, c, acc, 0)
-    _gn_forward(np.ascontiguousarray(x), weight, bias, float(eps), y, mean, rstd)
+    _gn_forward(_storage(x), weight, bias, float(eps), _bits(y), mean, rstd)
 
 
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- GroupNorm's backward."""
     c, acc = x.shape[1], mean.dtype
-    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dy, x, dx = _storage(dy), _storage(x), _bits(dx)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     dweight = np.empty(c, acc) if dweight is None else dweight
     dbias = np.empty(c, acc) if dbias is None else dbias

@@ -24,8 +24,7 @@ memory-bound: fastmath would buy no speed, only different bits.
 `_one`), the 16-bit param itself is the master copy: it is widened to float32 (exactly), updated
 against the float32 state, and rounded once to its dtype, to nearest even. No float32 master
 param is kept, so the kernels' numbers and the state's format are the reference's. Numba has no
-float16 arithmetic, so 16-bit arrays are viewed as uint16 and converted bit by bit
-(`_f16_to_f32`, `_f32_to_f16`, `_bf16_to_f32`, `_f32_to_bf16`).
+float16 type, so 16-bit arrays are viewed as uint16 and converted exactly by _half.py.
 
 Loops and compile count: each optimizer has one per-element function (`_adam_at`, inlined at
 Numba IR level: a call taking arrays would cost a reference-count update per element) and two
@@ -45,9 +44,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.extending import overload
+
+from normref.kernels.numba._half import bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16
 
 __all__ = ["sgd_update_", "adam_update_", "lion_update_"]
 
@@ -72,104 +72,14 @@ def _serial(fn):
     return njit(cache=True)(fn)
 
 
-# ---- bit-exact conversions between float32 and the 16-bit formats -------------------------------
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The IEEE bits of a float32 as an int64 in [0, 2**32): int64, since Numba types a mix of
-    signed and unsigned 64-bit integers as float64."""
-    if x != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.zext(builder.bitcast(args[0], ir.IntType(32)), ir.IntType(64))
-
-    return types.int64(types.float32), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, u):
-    """The float32 whose IEEE bits are the low 32 bits of the int64 `u`."""
-    if u != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
-
-    return types.float32(types.int64), codegen
-
-
-@njit(cache=True)
-def _f16_to_f32(h):
-    """binary16 bits -> float32, exact (every float16 is a float32)."""
-    h = np.int64(h)
-    sign = (h & 0x8000) << 16
-    exponent = (h >> 10) & 0x1F
-    mantissa = h & 0x3FF
-    if exponent == 0x1F:  # inf, or NaN with its payload
-        return _bits_f32(sign | 0x7F800000 | (mantissa << 13))
-    if exponent == 0:  # zero or subnormal: mantissa * 2**-24, exact in float32
-        magnitude = np.float32(mantissa) * np.float32(2.0**-24)
-        return -magnitude if sign else magnitude
-    return _bits_f32(sign | ((exponent + 112) << 23) | (mantissa << 13))
-
-
-@njit(cache=True)
-def _f32_to_f16(f):
-    """float32 -> binary16 bits, rounded to nearest even (as NumPy's astype and the GPU's)."""
-    u = _f32_bits(f)
-    sign = (u >> 16) & 0x8000
-    a = u & 0x7FFFFFFF
-    if a > 0x7F800000:  # NaN: stays NaN, quiet, with the top of its payload
-        return np.uint16(sign | 0x7E00 | ((a >> 13) & 0x3FF))
-    if a >= 0x477FF000:  # >= 65520 (halfway past 65504, ties to even) and inf: inf
-        return np.uint16(sign | 0x7C00)
-    if a < 0x38800000:  # below 2**-14: a subnormal half, m * 2**-24
-        if a <= 0x33000000:  # <= 2**-25: rounds to zero (2**-25 itself ties to even 0)
-            return np.uint16(sign)
-        mantissa = (a & 0x7FFFFF) | 0x800000  # the value is mantissa * 2**(exponent - 150)
-        shift = 126 - (a >> 23)
-        m = mantissa >> shift
-        rest = mantissa & ((1 << shift) - 1)
-        half_way = 1 << (shift - 1)
-        if rest > half_way or (rest == half_way and (m & 1) == 1):
-            m += 1  # may carry into the smallest normal, which is then right
-        return np.uint16(sign | m)
-    # normal: rebias the exponent (127 -> 15), keep 10 mantissa bits, round the 13 dropped ones
-    # to nearest even; a carry out of the mantissa bumps the exponent, correctly
-    h = (a >> 13) - (112 << 10)
-    rest = a & 0x1FFF
-    if rest > 0x1000 or (rest == 0x1000 and (h & 1) == 1):
-        h += 1
-    return np.uint16(sign | h)
-
-
-@njit(cache=True)
-def _bf16_to_f32(b):
-    """bfloat16 bits -> float32, exact: bfloat16 is the top half of a float32."""
-    return _bits_f32(np.int64(b) << 16)
-
-
-@njit(cache=True)
-def _f32_to_bf16(f):
-    """float32 -> bfloat16 bits, rounded to nearest even (as ml_dtypes and torch)."""
-    u = _f32_bits(f)
-    if (u & 0x7FFFFFFF) > 0x7F800000:  # NaN: keep it NaN (quiet), whatever its low payload
-        return np.uint16((u >> 16) | 0x40)
-    # adding 0x7fff, plus 1 when the kept part is odd, carries exactly when the dropped half is
-    # above one half, or one half with an odd kept part; overflow correctly gives inf
-    return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
-
-
 @njit(cache=True)
 def _widen(bits, half):
-    return _bf16_to_f32(bits) if half == _BFLOAT16 else _f16_to_f32(bits)
+    return bf16_to_f32(bits) if half == _BFLOAT16 else f16_to_f32(bits)
 
 
 @njit(cache=True)
 def _narrow(value, half):
-    return _f32_to_bf16(value) if half == _BFLOAT16 else _f32_to_f16(value)
+    return f32_to_bf16(value) if half == _BFLOAT16 else f32_to_f16(value)
 
 
 # _load(x, at, half) -> x[at] in the accumulation dtype; _store(x, at, value, half): x[at] = value

@@ -87,8 +87,8 @@ class OpInfo:
     cases: tuple[Case, ...] = ()
 
 
-_NORM_KERNELS = {
-    "numba": Kernels("normref.kernels.numba.norms", ("float32", "float64")),
+_NORM_KERNELS = {  # layer_norm, rms_norm (Numba reads float16 as bits: _half.py)
+    "numba": Kernels("normref.kernels.numba.norms", ("float32", "float16", "float64")),
     "cuda": Kernels("normref.kernels.cuda.launch", ("float32", "float16", "float64")),
 }
 

@@ -12,8 +12,10 @@ numba = pytest.importorskip("numba")
 import normref  # noqa: E402
 from normref.kernels.numba import norms as kernels  # noqa: E402
 
-# Worst error allowed, in units of the largest reference value of that output.
-TOL = {np.float64: 1e-12, np.float32: 2e-6}
+# Worst error allowed, in units of the largest reference value of that output. float16 is computed
+# in float32 and rounded once: half a float16 ulp (2**-11 relative) plus float32's error.
+TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2.0**-11 + 2e-6}
+DTYPES = [np.float32, np.float64, np.float16]
 SIZES = [1, 3, 17, 1023, 1500]  # n: 1, small primes, sizes around and off powers of two
 
 
@@ -79,7 +81,7 @@ def make(shape, dtype, weight=True, bias=True, seed=0):
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("rows", [1, 3, 17])
 @pytest.mark.parametrize("n", SIZES)
 def test_random_shapes_match_the_reference(op, dtype, rows, n):
@@ -89,7 +91,7 @@ def test_random_shapes_match_the_reference(op, dtype, rows, n):
     assert_close(fast, ref, TOL[dtype], scales)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize(
     "op, weight, bias",  # RMSNorm has no bias
     [

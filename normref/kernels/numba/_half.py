@@ -23,6 +23,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 __all__ = [
+    "as_bits",
     "zero",
     "HARDWARE_F16",
     "bf16_to_f32",
@@ -155,6 +156,12 @@ def f32_to_bf16(f):
     # adding 0x7fff, plus 1 when the kept part is odd, carries exactly when the dropped half is
     # above one half, or one half with an odd kept part; overflow correctly gives inf
     return np.uint16((u + 0x7FFF + ((u >> 16) & 1)) >> 16)
+
+
+def as_bits(a):
+    """An array as the kernels take it: float16 as a uint16 view of its bits, any other as it is.
+    (Python, for the kernels' entry points.)"""
+    return a.view(np.uint16) if a.dtype == np.float16 else a
 
 
 f16_to_f32 = _f16_to_f32_hw if HARDWARE_F16 else _f16_to_f32_bits

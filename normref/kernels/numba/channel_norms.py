@@ -60,7 +60,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from normref.kernels.numba._half import load, store, zero
+from normref.kernels.numba._half import as_bits, load, store, zero
 from normref.kernels.numba._prefetch import prefetch_block
 
 __all__ = [
@@ -659,15 +659,10 @@ def _sum_rows(partial, out):
 # another, slower specialisation ('A' layout), which GroupNorm's reshape cannot even type.
 
 
-def _bits(a):
-    """An output as the kernels write it: float16 as its uint16 bits (_half.py), others as they are
-    (outputs are C-contiguous by contract)."""
-    return a.view(np.uint16) if a.dtype == np.float16 else a
-
-
 def _storage(a):
-    """An input as the kernels read it: C-contiguous, float16 as its uint16 bits."""
-    return _bits(np.ascontiguousarray(a))
+    """An input as the kernels read it: C-contiguous, float16 as its uint16 bits (outputs are
+    C-contiguous by contract: as_bits alone)."""
+    return as_bits(np.ascontiguousarray(a))
 
 
 def _or_fill(param, channels, dtype, value):
@@ -679,7 +674,7 @@ def batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq):
     """y, mean, rstd, sumsq <- BatchNorm of x (N, C, S) with its batch statistics."""
     n, c, s = x.shape
     rows, seg = batch_norm_units(n, c, s)
-    x, y = _storage(x), _bits(y)
+    x, y = _storage(x), as_bits(y)
     shift, centre = np.empty(c, mean.dtype), np.empty(c, mean.dtype)
     if seg:
         w, b = _or_fill(weight, c, mean.dtype, 1), _or_fill(bias, c, mean.dtype, 0)
@@ -695,8 +690,8 @@ def batch_norm_apply(x, mean, rstd, weight, bias, y):
     n, c, s = x.shape
     rows, seg = batch_norm_units(n, c, s)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
-    zero = np.zeros(c, mean.dtype)  # the mean is the shift, nothing more to subtract
-    _apply(_storage(x), mean, zero, rstd, weight, bias, rows, seg, _bits(y))
+    centre = np.zeros(c, mean.dtype)  # the mean is the shift, nothing more to subtract
+    _apply(_storage(x), mean, centre, rstd, weight, bias, rows, seg, as_bits(y))
 
 
 def _apply(x, shift, centre, rstd, weight, bias, rows, seg, y):
@@ -714,7 +709,7 @@ def batch_norm_backward(dy, x, mean, rstd, weight, batch_stats, dx, dweight, dbi
     n, c, s = x.shape
     rows, seg = batch_norm_units(n, c, s)
     acc = mean.dtype
-    dy, x, dx = _storage(dy), _storage(x), _bits(dx)
+    dy, x, dx = _storage(dy), _storage(x), as_bits(dx)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     dweight = np.empty(c, acc) if dweight is None else dweight
     dbias = np.empty(c, acc) if dbias is None else dbias
@@ -729,13 +724,13 @@ def group_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd (N, G) <- GroupNorm of x (N, C, S) over G = mean.shape[1] groups."""
     c, acc = x.shape[1], mean.dtype
     weight, bias = _or_fill(weight, c, acc, 1), _or_fill(bias, c, acc, 0)
-    _gn_forward(_storage(x), weight, bias, float(eps), _bits(y), mean, rstd)
+    _gn_forward(_storage(x), weight, bias, float(eps), as_bits(y), mean, rstd)
 
 
 def group_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- GroupNorm's backward."""
     c, acc = x.shape[1], mean.dtype
-    dy, x, dx = _storage(dy), _storage(x), _bits(dx)
+    dy, x, dx = _storage(dy), _storage(x), as_bits(dx)
     mean, rstd = np.ascontiguousarray(mean), np.ascontiguousarray(rstd)
     dweight = np.empty(c, acc) if dweight is None else dweight
     dbias = np.empty(c, acc) if dbias is None else dbias

@@ -31,6 +31,8 @@ How the kernels are built, and why:
   (``_chunks(rows, n)``, independent of the thread count), each accumulated in row order within one
   thread, and the chunk partials are added in chunk order: deterministic for any thread count. The
   partials live in a per-thread scratch buffer kept between calls (see _partials, _scratch).
+- float16 rows pass as their uint16 bits (``as_bits``), read and written through _half.py's
+  ``load`` and ``store``: computed in float32 and rounded once, like the reference.
 - ``weight``/``bias``/``dweight``/``dbias`` may be None: Numba compiles a separate specialisation
   with the ``is None`` branches pruned, so inner loops carry no branch.
 """
@@ -42,6 +44,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from normref.kernels.numba._half import as_bits, load, store
 from normref.kernels.numba._prefetch import prefetch_block
 
 __all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
@@ -117,13 +120,13 @@ def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
         xi = x[i]
         yi = y[i]
         nxt = min(i + 1, rows - 1)  # the row to prefetch
-        k = acc(xi[0])  # the shift K: x - K is exact for rows with a large offset
+        k = load(xi, 0)  # the shift K: x - K is exact for rows with a large offset
         s = acc(0)
         for b in range(0, n, block):
             xb = xi[b : b + block]
             t = acc(0)
             for j in range(xb.shape[0]):
-                t += _minus(acc(xb[j]), k)
+                t += _minus(load(xb, j), k)
             s += t
         m = s / nf
         v = acc(0)
@@ -131,7 +134,7 @@ def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
             xb = xi[b : b + block]
             t = acc(0)
             for j in range(xb.shape[0]):
-                d = _minus(_minus(acc(xb[j]), k), m)
+                d = _minus(_minus(load(xb, j), k), m)
                 t += d * d
             v += t
             if stream:
@@ -147,12 +150,12 @@ def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
             if bias is not None:
                 bb = bias[b : b + block]
             for j in range(xb.shape[0]):
-                x_hat = _minus(_minus(acc(xb[j]), k), m) * r
+                x_hat = _minus(_minus(load(xb, j), k), m) * r
                 if weight is not None:
                     x_hat = x_hat * wb[j]
                 if bias is not None:
                     x_hat = x_hat + bb[j]
-                yb[j] = x_hat
+                store(yb, j, x_hat)
             if stream:
                 prefetch_block(x, nxt, b, block, False)
 
@@ -194,8 +197,8 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
                 tgx = acc(0)
                 tx = acc(0)
                 for j in range(xb.shape[0]):
-                    xc = acc(xb[j]) - mu
-                    g = acc(dyb[j])
+                    xc = load(xb, j) - mu
+                    g = load(dyb, j)
                     if weight is not None:
                         g = g * wb[j]
                     tg += g
@@ -222,12 +225,12 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
                 if dbias is not None:
                     pbb = pbc[b : b + block]
                 for j in range(xb.shape[0]):
-                    x_hat = (acc(xb[j]) - mu) * r - mx
-                    d = acc(dyb[j])
+                    x_hat = (load(xb, j) - mu) * r - mx
+                    d = load(dyb, j)
                     g = d
                     if weight is not None:
                         g = d * wb[j]
-                    dxb[j] = r * (g - mg - x_hat * mgx)
+                    store(dxb, j, r * (g - mg - x_hat * mgx))
                     if dweight is not None:
                         pwb[j] += d * x_hat
                     if dbias is not None:
@@ -256,7 +259,7 @@ def _rms_forward(x, weight, eps, y, rstd, block, stream):
             xb = xi[b : b + block]
             t = acc(0)
             for j in range(xb.shape[0]):
-                t += acc(xb[j]) * acc(xb[j])
+                t += load(xb, j) * load(xb, j)
             s += t
             if stream:
                 prefetch_block(y, i, b, block, True)
@@ -268,10 +271,10 @@ def _rms_forward(x, weight, eps, y, rstd, block, stream):
             if weight is not None:
                 wb = weight[b : b + block]
             for j in range(xb.shape[0]):
-                x_hat = acc(xb[j]) * r
+                x_hat = load(xb, j) * r
                 if weight is not None:
                     x_hat = x_hat * wb[j]
-                yb[j] = x_hat
+                store(yb, j, x_hat)
             if stream:
                 prefetch_block(x, nxt, b, block, False)
 
@@ -302,10 +305,10 @@ def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, block, stream):
                     wb = weight[b : b + block]
                 t = acc(0)
                 for j in range(xb.shape[0]):
-                    g = acc(dyb[j])
+                    g = load(dyb, j)
                     if weight is not None:
                         g = g * wb[j]
-                    t += g * acc(xb[j])
+                    t += g * load(xb, j)
                 s += t
                 if stream:
                     prefetch_block(x, nxt, b, block, False)
@@ -319,12 +322,12 @@ def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, block, stream):
                 if dweight is not None:
                     pwb = pwc[b : b + block]
                 for j in range(xb.shape[0]):
-                    x_hat = acc(xb[j]) * r
-                    d = acc(dyb[j])
+                    x_hat = load(xb, j) * r
+                    d = load(dyb, j)
                     g = d
                     if weight is not None:
                         g = d * wb[j]
-                    dxb[j] = r * (g - x_hat * mgx)
+                    store(dxb, j, r * (g - x_hat * mgx))
                     if dweight is not None:
                         pwb[j] += d * x_hat
                 if stream:
@@ -365,7 +368,8 @@ def _blocking(nbytes):
 
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd <- LayerNorm of the rows of x."""
-    _ln_forward(x, weight, bias, float(eps), y, mean, rstd, *_blocking(2 * x.nbytes))
+    blocking = _blocking(2 * x.nbytes)
+    _ln_forward(as_bits(x), weight, bias, float(eps), as_bits(y), mean, rstd, *blocking)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
@@ -373,16 +377,18 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     rows, n = x.shape
     scratch = _scratch(rows, n, mean.dtype, 2)
     blocking = _blocking(3 * x.nbytes)
+    dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
     _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, *blocking)
 
 
 def rms_norm_forward(x, weight, eps, y, rstd):
     """y, rstd <- RMSNorm of the rows of x."""
-    _rms_forward(x, weight, float(eps), y, rstd, *_blocking(2 * x.nbytes))
+    _rms_forward(as_bits(x), weight, float(eps), as_bits(y), rstd, *_blocking(2 * x.nbytes))
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight):
     """dx, and dweight unless None <- RMSNorm's backward."""
     rows, n = x.shape
     scratch = _scratch(rows, n, rstd.dtype, 1)
-    _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, *_blocking(3 * x.nbytes))
+    blocking = _blocking(3 * x.nbytes)
+    _rms_backward(as_bits(dy), as_bits(x), rstd, weight, as_bits(dx), dweight, scratch, *blocking)

@@ -301,7 +301,7 @@ def print_table(results, title, caption=CAPTION):
             "x".join(map(str, r.shape)),
             r.pass_,
             r.impl,
-            f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
+            f"{ms * 1e3:.1f} µs" if ms < 0.1 else f"{ms:.3f} ms" if ms < 1 else f"{ms:.2f} ms",
             f"{r.gbps:.1f}",
             f"{100 * r.floor_fraction:.0f}%",
             "" if r.vs_torch is None else f"{r.vs_torch:.2f}x",

@@ -63,8 +63,11 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     raw = _take(nbytes)
     if raw is None:
         raw = np.empty(nbytes, dtype=np.uint8)
-    # The array's base is the block (NumPy keeps an __array_interface__ exporter as the base).
-    return np.asarray(_Block(raw, tuple(shape), dtype))
+    # The array's base is the block (NumPy keeps an __array_interface__ exporter as the base). The
+    # interface carries only a type string, which for an extension dtype such as ml_dtypes'
+    # bfloat16 reads back as raw bytes ('|V2'): a view restores the dtype, and keeps the block.
+    array = np.asarray(_Block(raw, tuple(shape), dtype))
+    return array if array.dtype == dtype else array.view(dtype)
 
 
 def release() -> None:

@@ -87,13 +87,15 @@ class OpInfo:
     cases: tuple[Case, ...] = ()
 
 
-_NORM_KERNELS = {  # layer_norm, rms_norm (Numba reads float16 as bits: _half.py)
-    "numba": Kernels("normref.kernels.numba.norms", ("float32", "float16", "float64")),
+_NORM_KERNELS = {  # layer_norm, rms_norm (Numba reads 16-bit floats as bits: _half.py)
+    "numba": Kernels("normref.kernels.numba.norms", ("float32", "float16", "bfloat16", "float64")),
     "cuda": Kernels("normref.kernels.cuda.launch", ("float32", "float16", "float64")),
 }
 
-_CHANNEL_NORM_KERNELS = {  # batch_norm, group_norm (Numba reads float16 as bits: _half.py)
-    "numba": Kernels("normref.kernels.numba.channel_norms", ("float32", "float16", "float64")),
+_CHANNEL_NORM_KERNELS = {  # batch_norm, group_norm (Numba reads 16-bit floats as bits)
+    "numba": Kernels(
+        "normref.kernels.numba.channel_norms", ("float32", "float16", "bfloat16", "float64")
+    ),
     "cuda": Kernels("normref.kernels.cuda.channel_launch", ("float32", "float16", "float64")),
 }
 

@@ -34,6 +34,21 @@ def test_dropped_memory_is_reused_for_the_next_request_of_its_size():
     assert b.flags.c_contiguous and b.flags.writeable
 
 
+def test_an_extension_dtype_keeps_its_dtype_and_its_memory():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    a = _buffers.empty(BIG, ml_dtypes.bfloat16)  # the array interface alone gives '|V2'
+    assert a.dtype == np.dtype(ml_dtypes.bfloat16) and a.shape == BIG
+    where = _address(a)
+    a[...] = 1.5
+    tail = a[3:]
+    del a
+    gc.collect()
+    assert _address(_buffers.empty(BIG, np.float16)) != where  # `tail` still reaches the memory
+    assert np.all(tail.astype(np.float32) == 1.5)
+    del tail
+    assert _address(_buffers.empty(BIG, np.float16)) == where
+
+
 def test_memory_a_view_still_reaches_is_never_handed_out():
     a = _buffers.empty(BIG, np.float32)
     a[...] = 1.0

@@ -10,15 +10,24 @@ own size: a parameter gradient over N * S values can cancel to far less than its
 import numpy as np
 import pytest
 
+try:  # bfloat16 (JAX's NumPy dtype), when installed
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+
 numba = pytest.importorskip("numba")
 
 import normref  # noqa: E402
 from normref.kernels.numba import channel_norms as kernels  # noqa: E402
 
-# float16 is computed in float32 and rounded once: half a float16 ulp (2**-11 relative) of each
-# output, plus float32's error. Its mean and rstd are float32 (the accumulation dtype), well inside.
+# The 16-bit formats are computed in float32 and rounded once: half an ulp of each output (float16:
+# 2**-11 relative, bfloat16: 2**-8), plus float32's error. Their mean and rstd are float32 (the
+# accumulation dtype), well inside.
 TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2.0**-11 + 2e-6}
 DTYPES = [np.float32, np.float64, np.float16]
+if ml_dtypes is not None:
+    TOL[ml_dtypes.bfloat16] = 2.0**-8 + 2e-6
+    DTYPES.append(ml_dtypes.bfloat16)
 
 # (shape, groups). BatchNorm's plane layout: N = 1 with a plane longer than a unit (cut into
 # segments); odd sizes; short planes grouped 27 samples to a unit (8192 // 300), so 33 samples
@@ -96,10 +105,10 @@ def _scales(mode, inputs, ref, groups):
 
 def _dtype_of(name, inputs):
     """The dtype output `name` comes in: the running statistics' own; the saved mean and rstd in
-    the accumulation dtype (float32 for float16); the rest x's."""
+    the accumulation dtype (float32 for the 16-bit formats); the rest x's."""
     if name.startswith("running"):
         return inputs[name].dtype
-    if name in ("mean", "rstd") and inputs["x"].dtype == np.float16:
+    if name in ("mean", "rstd") and inputs["x"].dtype.itemsize == 2:
         return np.dtype(np.float32)
     return inputs["x"].dtype
 

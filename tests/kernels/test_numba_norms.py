@@ -7,15 +7,24 @@ Every comparison runs the kernel on its own dtype and the reference in float64 o
 import numpy as np
 import pytest
 
+try:  # bfloat16 (JAX's NumPy dtype), when installed
+    import ml_dtypes
+except ImportError:
+    ml_dtypes = None
+
 numba = pytest.importorskip("numba")
 
 import normref  # noqa: E402
 from normref.kernels.numba import norms as kernels  # noqa: E402
 
-# Worst error allowed, in units of the largest reference value of that output. float16 is computed
-# in float32 and rounded once: half a float16 ulp (2**-11 relative) plus float32's error.
+# Worst error allowed, in units of the largest reference value of that output. The 16-bit formats
+# are computed in float32 and rounded once: half an ulp (float16: 2**-11 relative, bfloat16: 2**-8)
+# plus float32's error.
 TOL = {np.float64: 1e-12, np.float32: 2e-6, np.float16: 2.0**-11 + 2e-6}
 DTYPES = [np.float32, np.float64, np.float16]
+if ml_dtypes is not None:
+    TOL[ml_dtypes.bfloat16] = 2.0**-8 + 2e-6
+    DTYPES.append(ml_dtypes.bfloat16)
 SIZES = [1, 3, 17, 1023, 1500]  # n: 1, small primes, sizes around and off powers of two
 
 

@@ -1,8 +1,8 @@
 """Exact conversions between float32 and the 16-bit float formats, for Numba kernels over 16-bit
 arrays viewed as uint16 (Numba has no float16 type on the CPU): `f16_to_f32`, `f32_to_f16`,
 `bf16_to_f32`, `f32_to_bf16`; and `load(a, at)` / `store(a, at, value)` / `zero(a)`, which read
-and write an element of a float array or of a float16 array's uint16 view, and give a zero, in the
-accumulation dtype (float32 for float16).
+and write an element of a float array or of a 16-bit array's bits (`as_bits`: float16 as uint16,
+bfloat16 as int16), and give a zero, in the accumulation dtype (float32 for the 16-bit formats).
 
 Every float16 and bfloat16 value is a float32, so widening is exact; narrowing rounds to nearest
 even, as NumPy's astype, ml_dtypes and the GPU do. float16 goes through the CPU's own conversion
@@ -159,9 +159,15 @@ def f32_to_bf16(f):
 
 
 def as_bits(a):
-    """An array as the kernels take it: float16 as a uint16 view of its bits, any other as it is.
-    (Python, for the kernels' entry points.)"""
-    return a.view(np.uint16) if a.dtype == np.float16 else a
+    """An array as the kernels take it (Python, for the kernels' entry points): float16 as a uint16
+    view of its bits, bfloat16 (ml_dtypes') as an int16 view, any other as it is. The two 16-bit
+    formats get two integer types so that `load` and `store`, compiled per storage type, know which
+    one they convert."""
+    if a.dtype == np.float16:
+        return a.view(np.uint16)
+    if a.dtype.name == "bfloat16":
+        return a.view(np.int16)
+    return a
 
 
 f16_to_f32 = _f16_to_f32_hw if HARDWARE_F16 else _f16_to_f32_bits
@@ -169,8 +175,9 @@ f32_to_f16 = _f32_to_f16_hw if HARDWARE_F16 else _f32_to_f16_bits
 
 
 # load(a, at) -> a[at] in the accumulation dtype; store(a, at, value): a[at] = value rounded to a's
-# storage. Overloaded on a's dtype (float arrays as they are, uint16 as float16 bits), and inlined
-# at Numba IR level: a call that takes an array costs a reference-count update per element.
+# storage. Overloaded on a's dtype (float arrays as they are, uint16 as float16 bits, int16 as
+# bfloat16 bits), and inlined at Numba IR level: a call that takes an array costs a reference-count
+# update per element.
 
 
 def load(a, at):  # pragma: no cover - replaced by the overload inside compiled code
@@ -191,6 +198,8 @@ def _load_impl(a, at):
         return lambda a, at: a[at]
     if a.dtype == types.uint16:
         return lambda a, at: f16_to_f32(a[at])
+    if a.dtype == types.int16:
+        return lambda a, at: bf16_to_f32(np.uint16(a[at]))
     return None
 
 
@@ -208,14 +217,21 @@ def _store_impl(a, at, value):
             a[at] = f32_to_f16(value)
 
         return store_bits
+    if a.dtype == types.int16:
+
+        def store_bfloat16_bits(a, at, value):
+            a[at] = np.int16(f32_to_bf16(value))
+
+        return store_bfloat16_bits
     return None
 
 
 @overload(zero, inline="always")
 def _zero_impl(a):
-    """0 in the accumulation dtype of `a`'s elements: a's own float dtype, float32 for float16."""
+    """0 in the accumulation dtype of `a`'s elements: a's own float dtype, float32 for the 16-bit
+    formats."""
     if isinstance(a.dtype, types.Float):
         return lambda a: a.dtype.type(0)
-    if a.dtype == types.uint16:
+    if a.dtype in (types.uint16, types.int16):
         return lambda a: np.float32(0)
     return None

@@ -3,9 +3,9 @@
 The op wrappers (normref/norms/batch_norm.py, group_norm.py) validate, view x as a C-contiguous
 (N, C, S) array (S = prod(spatial)), allocate the outputs, cast weight/bias to the accumulation
 dtype (float64 for float64, float32 otherwise) and call the five functions at the bottom of this
-module. x, y, dy and dx may be float16: the entry points pass them on as their uint16 bits, which
-the kernels read and write through _half.py's `load` and `store` (computed in float32, rounded once
-to float16, as the reference does; each kernel compiles once more, for that storage):
+module. x, y, dy and dx may be float16 or bfloat16: the entry points pass them on as their bits,
+which the kernels read and write through _half.py's `load` and `store` (computed in float32,
+rounded once, as the reference does; each kernel compiles once more per 16-bit format):
 
     batch_norm_forward(x, weight, bias, eps, y, mean, rstd, sumsq)     batch statistics
         x, y: (N, C, S); weight, bias: (C,) or None; mean, rstd, sumsq: (C,), written

@@ -31,7 +31,7 @@ How the kernels are built, and why:
   (``_chunks(rows, n)``, independent of the thread count), each accumulated in row order within one
   thread, and the chunk partials are added in chunk order: deterministic for any thread count. The
   partials live in a per-thread scratch buffer kept between calls (see _partials, _scratch).
-- float16 rows pass as their uint16 bits (``as_bits``), read and written through _half.py's
+- float16 and bfloat16 rows pass as their bits (``as_bits``), read and written through _half.py's
   ``load`` and ``store``: computed in float32 and rounded once, like the reference.
 - ``weight``/``bias``/``dweight``/``dbias`` may be None: Numba compiles a separate specialisation
   with the ``is None`` branches pruned, so inner loops carry no branch.
@@ -356,7 +356,9 @@ def _scratch(rows, n, dtype, arrays):
 
 
 def _blocking(nbytes):
-    """(block, stream) for a call that touches `nbytes` of arrays: see the module docstring."""
+    """(block, stream) for a call that touches `nbytes` of arrays, counted in the accumulation
+    dtype: see the module docstring. (A 16-bit input runs as its float32 twin does, so that its
+    result is the float32 result rounded once, to the bit.)"""
     if nbytes > _STREAM_BYTES:
         return _STREAM_BLOCK, True
     return _CACHED_BLOCK, False
@@ -368,7 +370,7 @@ def _blocking(nbytes):
 
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd <- LayerNorm of the rows of x."""
-    blocking = _blocking(2 * x.nbytes)
+    blocking = _blocking(2 * x.size * mean.itemsize)
     _ln_forward(as_bits(x), weight, bias, float(eps), as_bits(y), mean, rstd, *blocking)
 
 
@@ -376,19 +378,20 @@ def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- LayerNorm's backward."""
     rows, n = x.shape
     scratch = _scratch(rows, n, mean.dtype, 2)
-    blocking = _blocking(3 * x.nbytes)
+    blocking = _blocking(3 * x.size * mean.itemsize)
     dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
     _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, *blocking)
 
 
 def rms_norm_forward(x, weight, eps, y, rstd):
     """y, rstd <- RMSNorm of the rows of x."""
-    _rms_forward(as_bits(x), weight, float(eps), as_bits(y), rstd, *_blocking(2 * x.nbytes))
+    blocking = _blocking(2 * x.size * rstd.itemsize)
+    _rms_forward(as_bits(x), weight, float(eps), as_bits(y), rstd, *blocking)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight):
     """dx, and dweight unless None <- RMSNorm's backward."""
     rows, n = x.shape
     scratch = _scratch(rows, n, rstd.dtype, 1)
-    blocking = _blocking(3 * x.nbytes)
+    blocking = _blocking(3 * x.size * rstd.itemsize)
     _rms_backward(as_bits(dy), as_bits(x), rstd, weight, as_bits(dx), dweight, scratch, *blocking)

@@ -21,12 +21,12 @@ How the kernels are built, and why:
   (_prefetch.py), issued a block at a time inside the cache-resident passes, fetch the next row
   (and claim the lines of the output row about to be written), so memory traffic overlaps the
   arithmetic: 0.6 -> 0.9 of the bandwidth floor on (8192, 1024).
-- Two ways to run, chosen per call by ``_blocking`` from the bytes a call touches (never from the
-  thread count): problems larger than L2 *stream*, with blocks of ``_STREAM_BLOCK`` elements and
-  the prefetches above; problems that fit stay *cached*, with blocks of ``_CACHED_BLOCK`` and no
-  prefetches, which there only cost instructions (at (64, 768): forward 8.7 -> ~7 us, backward
-  20 -> ~17 us). The two give results that differ in the last bits (different partial sums), each
-  deterministic.
+- Two ways to run, chosen per call by ``_blocking`` from the bytes a call touches, counted in the
+  accumulation dtype (never from the thread count): problems larger than L2 *stream*, with blocks
+  of ``_STREAM_BLOCK`` elements and the prefetches above; problems that fit stay *cached*, with
+  blocks of ``_CACHED_BLOCK`` and no prefetches, which there only cost instructions (at (64, 768):
+  forward 8.7 -> ~7.7 us, backward 20.4 -> ~18.5 us). The two give results that differ in the
+  last bits (different partial sums), each deterministic.
 - Parameter gradients (dweight, dbias) are summed over a fixed number of row chunks
   (``_chunks(rows, n)``, independent of the thread count), each accumulated in row order within one
   thread, and the chunk partials are added in chunk order: deterministic for any thread count. The

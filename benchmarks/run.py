@@ -93,7 +93,7 @@ def _calls_per_sample(fn):
     return calls
 
 
-def _time_groups(groups, rounds, blocks=3):
+def _time_groups(groups, blocks=3):
     """Median seconds per call of every fn. `groups`: [(fns, rounds wanted, warm)]. Within a group
     the fns are sampled round-robin (floor, op, floor, op, ...), the order rotating by one each
     round: the fn sampled right after the floor pays for the floor's dirty cache lines (a 20%
@@ -124,10 +124,10 @@ def _time_by_runtime(floor_fn, impls, reference_fns, rounds, reference_rounds):
     their float64 temporaries (gigabytes at the large shapes, given back to the system after each
     call) slowed the floor and the kernels sampled after them by up to 1.6x."""
     groups = [({("floor", name): floor_fn, name: fn}, rounds, True) for name, fn in impls.items()]
-    times = _time_groups(groups, rounds)
+    times = _time_groups(groups)
     floors = {name: times.pop(("floor", name)) for name in impls}
     if reference_fns:
-        times |= _time_groups([(reference_fns, reference_rounds, False)], reference_rounds, 1)
+        times |= _time_groups([(reference_fns, reference_rounds, False)], blocks=1)
     return times, floors
 
 
@@ -243,9 +243,9 @@ def _rows(op, shape, pass_, times, floors, nbytes, floor_bytes):
     """One cell's table rows from _time_by_runtime's medians: every impl's time, GB/s of nbytes,
     fraction of the floor sampled alternately with it (the reference's: of the median floor), and
     PyTorch time / its time."""
-    rows = []
+    rows, median_floor = [], statistics.median(floors.values())
     for impl, t in times.items():
-        floor_gbps = floor_bytes / floors.get(impl, statistics.median(floors.values())) / 1e9
+        floor_gbps = floor_bytes / floors.get(impl, median_floor) / 1e9
         gbps = nbytes / t / 1e9
         vs = times["torch"] / t if "torch" in times else None
         rows.append(Row(op, shape, pass_, impl, t, gbps, floor_gbps, gbps / floor_gbps, vs))

@@ -142,13 +142,16 @@ def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
     wrote into `out` directly through `rows_buffer` costs no copy here)."""
     if out is None:
         return reshape(xp, result, shape)
-    if result is not out and not _same_memory(result, out):
+    if not _same_memory(result, out):
         out[...] = reshape(xp, result, shape)
     return out
 
 
 def _same_memory(a: Any, b: Any) -> bool:
-    """Whether `a` is a view of all of `b` (what `rows_buffer` makes of a C-contiguous `out`)."""
+    """Whether `a` is `b` or a view of all of `b` (what `rows_buffer` makes of a C-contiguous
+    `out`)."""
+    if a is b:
+        return True
     if not (is_numpy(b) or is_cupy(b)) or not b.flags.c_contiguous:
         return False
     if b.base is None:

@@ -15,9 +15,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_block"]
+__all__ = ["LINE", "prefetch_block"]
 
-_LINE = 64  # bytes per cache line
+LINE = 64  # bytes per cache line
 
 
 def _make_prefetch(write):
@@ -54,7 +54,7 @@ _prefetch_w = _make_prefetch(write=True)
 @njit(cache=True)
 def prefetch_block(a, i, b, block, write):
     """Prefetch the cache lines of a[i, b : b + block], for writing when `write`."""
-    step = max(1, _LINE // a.itemsize)
+    step = max(1, LINE // a.itemsize)
     for p in range(b, min(b + block, a.shape[1]), step):
         if write:
             _prefetch_w(a, i, p)

@@ -45,7 +45,7 @@ import numpy as np
 from numba import njit, prange
 
 from normref.kernels.numba._half import as_bits, load, store
-from normref.kernels.numba._prefetch import prefetch_block
+from normref.kernels.numba._prefetch import LINE, prefetch_block
 
 __all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
@@ -55,7 +55,6 @@ _CACHED_BLOCK = 2048  # elements per partial sum for problems that fit in L2
 _STREAM_BYTES = 1 << 20  # a call touching more bytes than this streams (L2 is 1-2 MiB per core)
 _MAX_CHUNKS = 16  # row chunks for the parameter-gradient sums (fixed: determinism) ...
 _CHUNK_ELEMENTS = 16384  # ... each of at least this many elements, when there are enough
-_LINE = 64  # bytes per cache line
 _SKEW = 64  # elements added between blocks of partial sums (see _partials)
 
 
@@ -89,7 +88,7 @@ def _partials(scratch, k, chunks, n):
     the 2-thread backward at (64, 768) no faster than 1 thread); blocks are _SKEW elements more
     than a multiple of the row size apart, else loads of one wait on stores to the other (4K
     aliasing)."""
-    line = _LINE // scratch.itemsize
+    line = LINE // scratch.itemsize
     stride = (n + line - 1) // line * line
     start = k * (chunks * stride + _SKEW)
     return scratch[start : start + chunks * stride].reshape((chunks, stride))
@@ -343,13 +342,13 @@ _local = threading.local()
 def _scratch(rows, n, dtype, arrays):
     """A 64-byte aligned buffer for `arrays` blocks of _partials, kept per thread and per dtype
     (allocating it per call cost ~0.5 ms of page faults at n = 16384)."""
-    line = _LINE // dtype.itemsize
+    line = LINE // dtype.itemsize
     stride = -(-n // line) * line
     size = arrays * (max(1, min(rows, _MAX_CHUNKS)) * stride + _SKEW)  # >= what _partials uses
     buf = getattr(_local, dtype.char, None)
     if buf is None or buf.shape[0] < size:
         raw = np.empty(size + line, dtype=dtype)
-        skip = (-raw.ctypes.data % _LINE) // dtype.itemsize
+        skip = (-raw.ctypes.data % LINE) // dtype.itemsize
         buf = raw[skip : skip + size]
         setattr(_local, dtype.char, buf)
     return buf

@@ -130,6 +130,13 @@ def _unit_index(ch, p, c, segments):
 
 
 @njit(cache=True)
+def _channel_unit(ch, p, n, c, s, rows, seg):
+    """Plane layout: (n0, n1, s0, s1) of channel ch's p-th unit."""
+    u = _unit_index(ch, p, c, (s + seg - 1) // seg)
+    return _unit(u, n, c, s, rows, seg)[2:]
+
+
+@njit(cache=True)
 def _per_channel(n, s, rows, seg):
     """Plane layout: how many units each channel has."""
     return ((n + rows - 1) // rows) * ((s + seg - 1) // seg)
@@ -310,7 +317,7 @@ def _bn_forward_planes(x, eps, weight, bias, rows, seg, shift, centre, sumsq, me
         k = load(x, (0, ch, 0))  # K: x - K is exact for a channel with a large offset
         shift[ch] = k
         for p in range(per):
-            _, _, n0, n1, s0, s1 = _unit(_unit_index(ch, p, c, segments), n, c, s, rows, seg)
+            n0, n1, s0, s1 = _channel_unit(ch, p, n, c, s, rows, seg)
             t = _sum_shifted(x[n0, ch, s0:s1], k)
             for i in range(n0 + 1, n1):
                 t += _sum_shifted(x[i, ch, s0:s1], k)
@@ -331,7 +338,7 @@ def _bn_forward_planes(x, eps, weight, bias, rows, seg, shift, centre, sumsq, me
         _finish_channel(ch, m, eps, k, t, q, centre, mean, rstd)
         mc, r, w, b = centre[ch], rstd[ch], weight[ch], bias[ch]
         for p in range(per):  # the channel's values are in L2 now
-            _, _, n0, n1, s0, s1 = _unit(_unit_index(ch, p, c, segments), n, c, s, rows, seg)
+            n0, n1, s0, s1 = _channel_unit(ch, p, n, c, s, rows, seg)
             for i in range(n0, n1):
                 _normalize(x[i, ch, s0:s1], k, mc, r, w, b, y[i, ch, s0:s1])
 
@@ -400,13 +407,12 @@ def _bn_backward_planes(dy, x, mean, rstd, weight, batch_stats, rows, seg, dx, d
     n, c, s = x.shape
     acc = mean.dtype.type
     per = _per_channel(n, s, rows, seg)
-    segments = (s + seg - 1) // seg
     m = acc(n * s)
     for ch in prange(c):
         mu, r, w = mean[ch], rstd[ch], weight[ch]
         sdy = sdyx = sx = acc(0)
         for p in range(per):
-            _, _, n0, n1, s0, s1 = _unit(_unit_index(ch, p, c, segments), n, c, s, rows, seg)
+            n0, n1, s0, s1 = _channel_unit(ch, p, n, c, s, rows, seg)
             sg = sgx = su = acc(0)
             for i in range(n0, n1):
                 a, b, d = _centred_sums(dy[i, ch, s0:s1], x[i, ch, s0:s1], mu)
@@ -421,7 +427,7 @@ def _bn_backward_planes(dy, x, mean, rstd, weight, batch_stats, rows, seg, dx, d
         mg, cx, mgx = _bn_backward_channel(ch, m, sdy, sdyx, sx, r, w, batch_stats, dweight, dbias)
         if batch_stats:
             for p in range(per):  # the channel's dy and x are in L2 now
-                _, _, n0, n1, s0, s1 = _unit(_unit_index(ch, p, c, segments), n, c, s, rows, seg)
+                n0, n1, s0, s1 = _channel_unit(ch, p, n, c, s, rows, seg)
                 for i in range(n0, n1):
                     _dx_batch_stats(
                         dy[i, ch, s0:s1], x[i, ch, s0:s1], mu, r, cx, w, mg, mgx, dx[i, ch, s0:s1]

@@ -20,9 +20,8 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
-from normref import _checks, _xp, registry
-from normref._dispatch import kernels_for
-from normref.norms import _common
+from normref import _checks, _plans, _xp
+from normref.norms import _rows
 
 __all__ = ["LayerNormSaved", "layer_norm", "layer_norm_forward", "layer_norm_backward"]
 
@@ -65,49 +64,29 @@ def layer_norm_forward(
     >>> np.round(y, 4)
     array([[-1.2247,  0.    ,  1.2247]])
     """
-    xp = _xp.namespace(x, weight, bias, out)
-    _checks.floating(_NAME, "x", x, xp)
-    for name, arr in (("weight", weight), ("bias", bias)):
-        if arr is not None:
-            _checks.floating(_NAME, name, arr, xp)
-    shape = _checks.normalized_shape(_NAME, tuple(x.shape), normalized_shape, weight)
-    if bias is not None:
-        _checks.shape_is(_NAME, "bias", bias, shape, "normalized_shape")
-    eps = _checks.positive(_NAME, "eps", eps)
-    _checks.output(_NAME, "out", out, x)
-
-    k = len(shape)
-    n = math.prod(shape)
-    batch = tuple(x.shape[: x.ndim - k])
-    acc = _xp.accumulation_dtype(xp, x.dtype)
-    kernels = kernels_for(registry.OPS[_NAME], x, backend)
+    key = _plans.signature((x, weight, bias), out, normalized_shape, eps, backend)
+    plan = _FORWARD_PLANS.find(
+        key, _rows.forward_plan, _NAME, x, weight, bias, normalized_shape, eps, out, backend
+    )
+    xp, kernels, eps, batch, rows, n, k, stats_shape, acc, direct = plan
     if kernels is None:
         y, mean, rstd = _reference_forward(xp, xp.reshape(x, batch + (n,)), weight, bias, eps, acc)
+        mean, rstd = xp.reshape(mean, stats_shape), xp.reshape(rstd, stats_shape)
     else:
-        rows = math.prod(batch)
-        y = _xp.rows_buffer(xp, out, rows, n, x.dtype)
-        mean = xp.empty((rows,), dtype=acc)
-        rstd = xp.empty((rows,), dtype=acc)
+        y = out if direct and out is not None else _xp.rows_buffer(xp, out, rows, n, x.dtype)
+        stats = xp.empty((2, rows), dtype=acc)  # mean, rstd
         kernels.layer_norm_forward(
-            _xp.as_rows(xp, x, rows, n),
-            _xp.param_vector(xp, weight, acc),
-            _xp.param_vector(xp, bias, acc),
+            x if direct else _xp.as_rows(xp, x, rows, n),
+            weight if direct else _xp.param_vector(xp, weight, acc),
+            bias if direct else _xp.param_vector(xp, bias, acc),
             eps,
             y,
-            mean,
-            rstd,
+            stats[0],
+            stats[1],
         )
+        mean, rstd = _xp.reshape(xp, stats, (2,) + stats_shape)
     y = _xp.deliver(xp, y, out, tuple(x.shape))
-    stats_shape = batch + (1,) * k
-    saved = LayerNormSaved(
-        x,
-        _xp.reshape(xp, mean, stats_shape),
-        _xp.reshape(xp, rstd, stats_shape),
-        weight,
-        None if bias is None else bias.dtype,
-        k,
-    )
-    return y, saved
+    return y, LayerNormSaved(x, mean, rstd, weight, None if bias is None else bias.dtype, k)
 
 
 def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
@@ -115,48 +94,51 @@ def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
 
     `out`, if given, receives dx. dweight and dbias come back in the dtype of weight and bias.
     """
-    x, weight = saved.x, saved.weight
-    xp = _common.backward_inputs(_NAME, dy, x, out)
-
-    k = saved.normalized_ndim
-    n = math.prod(x.shape[x.ndim - k :])
-    batch = tuple(x.shape[: x.ndim - k])
-    acc = saved.mean.dtype
-    has_bias = saved.bias_dtype is not None
-    kernels = kernels_for(registry.OPS[_NAME], x, backend)
+    x, mean, rstd, weight, bias_dtype, k = saved
+    key = _plans.signature((dy, x, mean, rstd, weight), out, bias_dtype, k, backend)
+    plan = _BACKWARD_PLANS.find(
+        key, _rows.backward_plan, _NAME, dy, x, weight, bias_dtype, mean, k, out, backend
+    )
+    xp, kernels, _, batch, rows, n, k, _, acc, direct = plan
+    has_bias = bias_dtype is not None
     if kernels is None:
         dx, dweight, dbias = _reference_backward(
             xp,
             xp.reshape(dy, batch + (n,)),
             xp.reshape(x, batch + (n,)),
-            xp.reshape(saved.mean, batch + (1,)),
-            xp.reshape(saved.rstd, batch + (1,)),
+            xp.reshape(mean, batch + (1,)),
+            xp.reshape(rstd, batch + (1,)),
             None if weight is None else xp.reshape(weight, (n,)),
             has_bias,
             acc,
         )
     else:
-        rows = math.prod(batch)
-        dx = _xp.rows_buffer(xp, out, rows, n, x.dtype)
-        dweight = xp.empty((n,), dtype=acc) if weight is not None else None
-        dbias = xp.empty((n,), dtype=acc) if has_bias else None
+        dx = out if direct and out is not None else _xp.rows_buffer(xp, out, rows, n, x.dtype)
+        grads = xp.empty((2, n), dtype=acc)  # dweight, dbias
+        dweight = grads[0] if weight is not None else None
+        dbias = grads[1] if has_bias else None
         kernels.layer_norm_backward(
-            _xp.as_rows(xp, dy, rows, n),
-            _xp.as_rows(xp, x, rows, n),
-            _xp.reshape(xp, saved.mean, (rows,)),
-            _xp.reshape(xp, saved.rstd, (rows,)),
-            _xp.param_vector(xp, weight, acc),
+            dy if direct else _xp.as_rows(xp, dy, rows, n),
+            x if direct else _xp.as_rows(xp, x, rows, n),
+            _xp.reshape(xp, mean, (rows,)),
+            _xp.reshape(xp, rstd, (rows,)),
+            weight if direct else _xp.param_vector(xp, weight, acc),
             dx,
             dweight,
             dbias,
         )
     dx = _xp.deliver(xp, dx, out, tuple(x.shape))
-    shape = tuple(x.shape[x.ndim - k :])
-    if dweight is not None:
-        dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), shape)
-    if dbias is not None:
-        dbias = xp.reshape(xp.astype(dbias, saved.bias_dtype, copy=False), shape)
+    if not direct:  # the gradients to the parameters' dtype and shape
+        shape = tuple(x.shape[x.ndim - k :])
+        if dweight is not None:
+            dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), shape)
+        if dbias is not None:
+            dbias = xp.reshape(xp.astype(dbias, bias_dtype, copy=False), shape)
     return dx, dweight, dbias
+
+
+_FORWARD_PLANS = _plans.Plans()
+_BACKWARD_PLANS = _plans.Plans()
 
 
 def _reference_forward(xp, x, weight, bias, eps, acc):

@@ -14,12 +14,10 @@ Backward, with g = dy * weight::
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
-from normref import _checks, _xp, registry
-from normref._dispatch import kernels_for
-from normref.norms import _common
+from normref import _checks, _plans, _xp
+from normref.norms import _rows
 
 __all__ = ["RMSNormSaved", "rms_norm", "rms_norm_forward", "rms_norm_backward"]
 
@@ -55,30 +53,25 @@ def rms_norm_forward(x, weight=None, *, normalized_shape=None, eps=None, out=Non
     >>> np.round(y, 4)
     array([[0.8485, 1.1314]])
     """
-    xp = _xp.namespace(x, weight, out)
-    _checks.floating(_NAME, "x", x, xp)
-    if weight is not None:
-        _checks.floating(_NAME, "weight", weight, xp)
-    shape = _checks.normalized_shape(_NAME, tuple(x.shape), normalized_shape, weight)
-    acc = _xp.accumulation_dtype(xp, x.dtype)
-    eps = xp.finfo(acc).eps if eps is None else _checks.positive(_NAME, "eps", eps)
-    _checks.output(_NAME, "out", out, x)
-
-    k = len(shape)
-    n = math.prod(shape)
-    batch = tuple(x.shape[: x.ndim - k])
-    kernels = kernels_for(registry.OPS[_NAME], x, backend)
+    key = _plans.signature((x, weight), out, normalized_shape, eps, backend)
+    plan = _FORWARD_PLANS.find(
+        key, _rows.forward_plan, _NAME, x, weight, None, normalized_shape, eps, out, backend
+    )
+    xp, kernels, eps, batch, rows, n, k, stats_shape, acc, direct = plan
     if kernels is None:
         y, rstd = _reference_forward(xp, xp.reshape(x, batch + (n,)), weight, eps, acc)
     else:
-        rows = math.prod(batch)
-        y = _xp.rows_buffer(xp, out, rows, n, x.dtype)
+        y = out if direct and out is not None else _xp.rows_buffer(xp, out, rows, n, x.dtype)
         rstd = xp.empty((rows,), dtype=acc)
         kernels.rms_norm_forward(
-            _xp.as_rows(xp, x, rows, n), _xp.param_vector(xp, weight, acc), eps, y, rstd
+            x if direct else _xp.as_rows(xp, x, rows, n),
+            weight if direct else _xp.param_vector(xp, weight, acc),
+            eps,
+            y,
+            rstd,
         )
     y = _xp.deliver(xp, y, out, tuple(x.shape))
-    return y, RMSNormSaved(x, _xp.reshape(xp, rstd, batch + (1,) * k), weight, k)
+    return y, RMSNormSaved(x, _xp.reshape(xp, rstd, stats_shape), weight, k)
 
 
 def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
@@ -86,39 +79,40 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
 
     `out`, if given, receives dx. dweight comes back in the dtype of weight.
     """
-    x, weight = saved.x, saved.weight
-    xp = _common.backward_inputs(_NAME, dy, x, out)
-
-    k = saved.normalized_ndim
-    n = math.prod(x.shape[x.ndim - k :])
-    batch = tuple(x.shape[: x.ndim - k])
-    acc = saved.rstd.dtype
-    kernels = kernels_for(registry.OPS[_NAME], x, backend)
+    x, rstd, weight, k = saved
+    key = _plans.signature((dy, x, rstd, weight), out, k, backend)
+    plan = _BACKWARD_PLANS.find(
+        key, _rows.backward_plan, _NAME, dy, x, weight, None, rstd, k, out, backend
+    )
+    xp, kernels, _, batch, rows, n, k, _, acc, direct = plan
     if kernels is None:
         dx, dweight = _reference_backward(
             xp,
             xp.reshape(dy, batch + (n,)),
             xp.reshape(x, batch + (n,)),
-            xp.reshape(saved.rstd, batch + (1,)),
+            xp.reshape(rstd, batch + (1,)),
             None if weight is None else xp.reshape(weight, (n,)),
             acc,
         )
     else:
-        rows = math.prod(batch)
-        dx = _xp.rows_buffer(xp, out, rows, n, x.dtype)
+        dx = out if direct and out is not None else _xp.rows_buffer(xp, out, rows, n, x.dtype)
         dweight = xp.empty((n,), dtype=acc) if weight is not None else None
         kernels.rms_norm_backward(
-            _xp.as_rows(xp, dy, rows, n),
-            _xp.as_rows(xp, x, rows, n),
-            _xp.reshape(xp, saved.rstd, (rows,)),
-            _xp.param_vector(xp, weight, acc),
+            dy if direct else _xp.as_rows(xp, dy, rows, n),
+            x if direct else _xp.as_rows(xp, x, rows, n),
+            _xp.reshape(xp, rstd, (rows,)),
+            weight if direct else _xp.param_vector(xp, weight, acc),
             dx,
             dweight,
         )
     dx = _xp.deliver(xp, dx, out, tuple(x.shape))
-    if dweight is not None:
+    if dweight is not None and not direct:  # to the weight's dtype and shape
         dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), tuple(weight.shape))
     return dx, dweight
+
+
+_FORWARD_PLANS = _plans.Plans()
+_BACKWARD_PLANS = _plans.Plans()
 
 
 def _reference_forward(xp, x, weight, eps, acc):

@@ -41,10 +41,10 @@ def _rms(x, w, b, dy, backend, eps=1e-6):
 OPS = {"layer_norm": _ln, "rms_norm": _rms}
 
 
-@pytest.fixture(autouse=True, params=["cached", "streaming"])
+@pytest.fixture(autouse=True, params=["short", "streaming"])
 def blocking(request, monkeypatch):
-    """Every test runs both ways the kernels can run (see the kernel module's docstring): as for
-    problems that fit in L2 and as for problems that stream from memory, whatever its size."""
+    """Every test runs both ways the kernels can run (see the kernel module's docstring): as short
+    rows in cache (rows up to _SHORT_ROW long, whatever the problem's size) and streaming."""
     monkeypatch.setattr(kernels, "_STREAM_BYTES", 0 if request.param == "streaming" else 1 << 62)
     return request.param
 

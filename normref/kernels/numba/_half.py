@@ -2,7 +2,8 @@
 arrays viewed as uint16 (Numba has no float16 type on the CPU): `f16_to_f32`, `f32_to_f16`,
 `bf16_to_f32`, `f32_to_bf16`; and `load(a, at)` / `store(a, at, value)` / `zero(a)`, which read
 and write an element of a float array or of a 16-bit array's bits (`as_bits`: float16 as uint16,
-bfloat16 as int16), and give a zero, in the accumulation dtype (float32 for the 16-bit formats).
+bfloat16 as int16), and give a zero, in the accumulation dtype (float32 for the 16-bit formats);
+`holds_floats(a)` tells the two kinds of array apart.
 
 Every float16 and bfloat16 value is a float32, so widening is exact; narrowing rounds to nearest
 even, as NumPy's astype, ml_dtypes and the GPU do. float16 goes through the CPU's own conversion
@@ -27,6 +28,7 @@ __all__ = [
     "zero",
     "HARDWARE_F16",
     "bf16_to_f32",
+    "holds_floats",
     "f16_to_f32",
     "f32_to_bf16",
     "f32_to_f16",
@@ -194,6 +196,10 @@ def zero(a):  # pragma: no cover
     raise NotImplementedError
 
 
+def holds_floats(a):  # pragma: no cover
+    raise NotImplementedError
+
+
 @overload(load, inline="always")
 def _load_impl(a, at):
     if isinstance(a.dtype, types.Float):
@@ -237,3 +243,11 @@ def _zero_impl(a):
     if a.dtype in (types.uint16, types.int16):
         return lambda a: np.float32(0)
     return None
+
+
+@overload(holds_floats, inline="always")
+def _holds_floats_impl(a):
+    """Whether `a` stores values as they are computed (a float array), not as 16-bit bits that
+    `store` rounds: a constant of the array's type, which LLVM folds away."""
+    floats = isinstance(a.dtype, types.Float)
+    return lambda a: floats

@@ -11,9 +11,9 @@ How the kernels are built, and why:
 - ``fastmath={'reassoc'}`` and nothing else: LLVM will not vectorize a float reduction unless it
   may reassociate it (without it LayerNorm runs at ~20% of memory bandwidth), while leaving out
   ``nnan``, ``ninf`` and ``contract`` keeps NaN/Inf handling IEEE and forbids fused multiply-adds.
-- Row sums are blocked: partial sums of ``block`` elements are added into the row total, which
-  keeps float32 rounding error small on long rows (10^6 elements). Blocks are slices so that every
-  inner loop starts at 0, which LLVM vectorizes; ``range(b, b + block)`` was 2.5x slower.
+- Long rows are summed in blocks: partial sums of ``_BLOCK`` elements are added into the row total,
+  which keeps float32 rounding error small on long rows (10^6 elements). Blocks are slices so that
+  every inner loop starts at 0, which LLVM vectorizes; ``range(b, b + block)`` was 2.5x slower.
 - The large-offset shift ``x - K`` goes through ``_minus``, compiled without fastmath: under
   ``reassoc`` LLVM could rewrite ``(x - K) - mean_d`` as ``x - (K + mean_d)`` and round away exactly
   what the shift keeps.
@@ -21,12 +21,19 @@ How the kernels are built, and why:
   (_prefetch.py), issued a block at a time inside the cache-resident passes, fetch the next row
   (and claim the lines of the output row about to be written), so memory traffic overlaps the
   arithmetic: 0.6 -> 0.9 of the bandwidth floor on (8192, 1024).
-- Two ways to run, chosen per call by ``_blocking`` from the bytes a call touches, counted in the
-  accumulation dtype (never from the thread count): problems larger than L2 *stream*, with blocks
-  of ``_STREAM_BLOCK`` elements and the prefetches above; problems that fit stay *cached*, with
-  blocks of ``_CACHED_BLOCK`` and no prefetches, which there only cost instructions (at (64, 768):
-  forward 8.7 -> ~7.7 us, backward 20.4 -> ~18.5 us). The two give results that differ in the
-  last bits (different partial sums), each deterministic.
+- Two ways to run, chosen per call by ``_short`` from the row length and the bytes a call touches,
+  counted in the accumulation dtype (never from the thread count), each deterministic; their
+  results differ in the last bits (other partial sums):
+  - *streaming* (``_ln_forward`` ...): rows in blocks, with the prefetches above, for problems
+    larger than L2 or rows longer than ``_SHORT_ROW``;
+  - *short rows* (``_ln_forward_short`` ...): each row whole, no blocks and no prefetches (which in
+    cache only cost instructions), for the small calls whose time is the arithmetic. The forward
+    keeps d = (x - K) - mean_d in y between its passes (two fewer operations per element in the
+    last), and the backward takes rows two at a time (the partial sums of dweight and dbias are
+    read and written once per pair; those read-modify-writes, more than the arithmetic, bound it).
+    At (64, 768): forward 8.1 -> 7.4 us, backward 17.2 -> 13.3 us.
+  Both are built of the same passes (``_shifted_sum``, ``_ln_grads`` ...), inlined at Numba IR
+  level, so each formula is written once.
 - Parameter gradients (dweight, dbias) are summed over a fixed number of row chunks
   (``_chunks(rows, n)``, independent of the thread count), each accumulated in row order within one
   thread, and the chunk partials are added in chunk order: deterministic for any thread count. The
@@ -34,7 +41,9 @@ How the kernels are built, and why:
 - float16 and bfloat16 rows pass as their bits (``as_bits``), read and written through _half.py's
   ``load`` and ``store``: computed in float32 and rounded once, like the reference.
 - ``weight``/``bias``/``dweight``/``dbias`` may be None: Numba compiles a separate specialisation
-  with the ``is None`` branches pruned, so inner loops carry no branch.
+  with the ``is None`` branches pruned, so inner loops carry no branch (the passes are told whether
+  to add into the partial sums by flags that LLVM folds: a local variable that may be None is not
+  pruned inside an inlined pass).
 """
 
 from __future__ import annotations
@@ -44,15 +53,15 @@ import threading
 import numpy as np
 from numba import njit, prange
 
-from normref.kernels.numba._half import as_bits, load, store
+from normref.kernels.numba._half import as_bits, holds_floats, load, store, zero
 from normref.kernels.numba._prefetch import LINE, prefetch_block
 
 __all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
 
 _FASTMATH = {"reassoc"}
-_STREAM_BLOCK = 256  # elements per partial sum and per batch of prefetches, for streaming problems
-_CACHED_BLOCK = 2048  # elements per partial sum for problems that fit in L2
-_STREAM_BYTES = 1 << 20  # a call touching more bytes than this streams (L2 is 1-2 MiB per core)
+_BLOCK = 256  # elements per partial sum and per batch of prefetches, for streaming problems
+_SHORT_ROW = 2048  # the longest row that runs whole (a single partial sum) ...
+_STREAM_BYTES = 1 << 20  # ... in a call touching at most this many bytes (L2 is 1-2 MiB per core)
 _MAX_CHUNKS = 16  # row chunks for the parameter-gradient sums (fixed: determinism) ...
 _CHUNK_ELEMENTS = 16384  # ... each of at least this many elements, when there are enough
 _SKEW = 64  # elements added between blocks of partial sums (see _partials)
@@ -60,6 +69,13 @@ _SKEW = 64  # elements added between blocks of partial sums (see _partials)
 
 def _kernel(fn):
     return njit(cache=True, parallel=True, fastmath=_FASTMATH)(fn)
+
+
+def _inline(fn):
+    """A pass over a row, or a block of one, shared by the kernels: inlined at Numba IR level (a
+    call that takes arrays would cost reference-count updates), so its `is None` branches go with
+    the caller's arguments and its loops vectorize in place."""
+    return njit(inline="always", fastmath=_FASTMATH)(fn)
 
 
 @njit(cache=True)  # strict IEEE on purpose: see the module docstring
@@ -105,65 +121,189 @@ def _sum_chunks(partial, out):
             out[j] += pc[j]
 
 
+@njit(cache=True)
+def _rows_of_chunk(c, chunks, rows):
+    """The rows [first, end) of chunk c."""
+    return c * rows // chunks, (c + 1) * rows // chunks
+
+
+# --- LayerNorm: the passes -----------------------------------------------------------------------
+
+
+@_inline
+def _shifted_sum(xb, k):
+    """sum(x - K)."""
+    t = zero(xb)
+    for j in range(xb.shape[0]):
+        t += _minus(load(xb, j), k)
+    return t
+
+
+@_inline
+def _centred_squares(xb, k, m, yb, keep):
+    """sum(d * d) for d = (x - K) - mean_d; with `keep`, d is also written to yb, where the last
+    pass reads it back instead of computing it again."""
+    t = zero(xb)
+    for j in range(xb.shape[0]):
+        d = _minus(_minus(load(xb, j), k), m)
+        if keep:
+            store(yb, j, d)
+        t += d * d
+    return t
+
+
+@_inline
+def _normalize(xb, k, m, r, wb, bb, yb, kept):
+    """y = d * rstd * weight + bias (`kept`: d is in yb already)."""
+    for j in range(xb.shape[0]):
+        if kept:
+            x_hat = load(yb, j) * r
+        else:
+            x_hat = _minus(_minus(load(xb, j), k), m) * r
+        if wb is not None:
+            x_hat = x_hat * wb[j]
+        if bb is not None:
+            x_hat = x_hat + bb[j]
+        store(yb, j, x_hat)
+
+
+@_inline
+def _ln_grad_sums(xb, dyb, wb, mu):
+    """sum(g), sum(g * xc), sum(xc) for g = dy * weight, xc = x - mean: one pass. x_hat' is
+    xc * rstd: the rstd factor is applied once per row instead of once per element."""
+    tg = zero(xb)
+    tgx = zero(xb)
+    tx = zero(xb)
+    for j in range(xb.shape[0]):
+        xc = load(xb, j) - mu
+        g = load(dyb, j)
+        if wb is not None:
+            g = g * wb[j]
+        tg += g
+        tgx += g * xc
+        tx += xc
+    return tg, tgx, tx
+
+
+@njit(cache=True)
+def _ln_grad_stats(sg, sgx, sx, r, nf):
+    """(mean(x_hat'), mean(g), mean(g * x_hat)) for the re-centred x_hat = x_hat' - mean(x_hat')
+    (re-centring cancels the rounding of the saved mean on large-offset rows); nf: the row length
+    in the accumulation dtype."""
+    mx = sx * r / nf
+    mg = sg / nf
+    return mx, mg, sgx * r / nf - mx * mg
+
+
+@_inline
+def _ln_row_stats(xi, dyi, weight, mu, r, nf):
+    """_ln_grad_stats of a whole row."""
+    sg, sgx, sx = _ln_grad_sums(xi, dyi, weight, mu)
+    return _ln_grad_stats(sg, sgx, sx, r, nf)
+
+
+@_inline
+def _ln_grad(xv, d, wb, j, mu, r, mx, mg, mgx):
+    """(x_hat, dx) of one element."""
+    g = d
+    if wb is not None:
+        g = d * wb[j]
+    x_hat = (xv - mu) * r - mx
+    return x_hat, r * (g - mg - x_hat * mgx)
+
+
+@_inline
+def _ln_grads(xb, dyb, dxb, wb, pwb, pbb, sums_w, sums_b, mu, r, mx, mg, mgx):
+    """dx of one row (or block), and its terms of the parameter-gradient partial sums pwb, pbb
+    (added only when sums_w, sums_b: flags, not None, which a local variable could not prune)."""
+    for j in range(xb.shape[0]):
+        d = load(dyb, j)
+        x_hat, dx = _ln_grad(load(xb, j), d, wb, j, mu, r, mx, mg, mgx)
+        store(dxb, j, dx)
+        if sums_w:
+            pwb[j] += d * x_hat
+        if sums_b:
+            pbb[j] += d
+
+
+@_inline
+def _ln_grads_pair(x0, dy0, dx0, s0, x1, dy1, dx1, s1, wb, pwb, pbb, sums_w, sums_b):
+    """_ln_grads of two rows at once (s0, s1: their (mean, rstd, mx, mg, mgx)): the partial sums
+    are read and written once for both."""
+    mu0, r0, mx0, mg0, mgx0 = s0
+    mu1, r1, mx1, mg1, mgx1 = s1
+    for j in range(x0.shape[0]):
+        d0 = load(dy0, j)
+        d1 = load(dy1, j)
+        x_hat0, dx = _ln_grad(load(x0, j), d0, wb, j, mu0, r0, mx0, mg0, mgx0)
+        store(dx0, j, dx)
+        x_hat1, dx = _ln_grad(load(x1, j), d1, wb, j, mu1, r1, mx1, mg1, mgx1)
+        store(dx1, j, dx)
+        if sums_w:
+            pwb[j] += d0 * x_hat0 + d1 * x_hat1
+        if sums_b:
+            pbb[j] += d0 + d1
+
+
+# --- LayerNorm: the kernels ----------------------------------------------------------------------
+
+
 @_kernel
-def _ln_forward(x, weight, bias, eps, y, mean, rstd, block, stream):
+def _ln_forward(x, weight, bias, eps, y, mean, rstd):
+    """Streaming: each row read from memory once, in blocks, prefetching the next."""
     acc = mean.dtype.type
     rows, n = x.shape
     if n == 0:  # no x[0] to shift by; the statistics of nothing are NaN, as mean([]) is
         mean[:] = np.nan
         rstd[:] = np.nan
         return
-    nf = acc(n)
-    eps_ = acc(eps)
     for i in prange(rows):
         xi = x[i]
         yi = y[i]
         nxt = min(i + 1, rows - 1)  # the row to prefetch
         k = load(xi, 0)  # the shift K: x - K is exact for rows with a large offset
         s = acc(0)
-        for b in range(0, n, block):
-            xb = xi[b : b + block]
-            t = acc(0)
-            for j in range(xb.shape[0]):
-                t += _minus(load(xb, j), k)
-            s += t
-        m = s / nf
+        for b in range(0, n, _BLOCK):
+            s += _shifted_sum(xi[b : b + _BLOCK], k)
+        m = s / acc(n)
         v = acc(0)
-        for b in range(0, n, block):
-            xb = xi[b : b + block]
-            t = acc(0)
-            for j in range(xb.shape[0]):
-                d = _minus(_minus(load(xb, j), k), m)
-                t += d * d
-            v += t
-            if stream:
-                prefetch_block(y, i, b, block, True)
-        r = acc(1) / np.sqrt(v / nf + eps_)
+        for b in range(0, n, _BLOCK):
+            v += _centred_squares(xi[b : b + _BLOCK], k, m, yi, False)
+            prefetch_block(y, i, b, _BLOCK, True)
+        r = acc(1) / np.sqrt(v / acc(n) + acc(eps))
         mean[i] = k + m
         rstd[i] = r
-        for b in range(0, n, block):
-            xb = xi[b : b + block]
-            yb = yi[b : b + block]
-            if weight is not None:
-                wb = weight[b : b + block]
-            if bias is not None:
-                bb = bias[b : b + block]
-            for j in range(xb.shape[0]):
-                x_hat = _minus(_minus(load(xb, j), k), m) * r
-                if weight is not None:
-                    x_hat = x_hat * wb[j]
-                if bias is not None:
-                    x_hat = x_hat + bb[j]
-                store(yb, j, x_hat)
-            if stream:
-                prefetch_block(x, nxt, b, block, False)
+        for b in range(0, n, _BLOCK):
+            blk = slice(b, b + _BLOCK)
+            wb = None if weight is None else weight[blk]
+            bb = None if bias is None else bias[blk]
+            _normalize(xi[blk], k, m, r, wb, bb, yi[blk], False)
+            prefetch_block(x, nxt, b, _BLOCK, False)
 
 
 @_kernel
-def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, stream):
+def _ln_forward_short(x, weight, bias, eps, y, mean, rstd):
+    """Short rows in cache: each row whole, and d kept in y between the passes when y holds the
+    accumulation dtype (two fewer operations per element in the last pass)."""
     acc = mean.dtype.type
     rows, n = x.shape
-    nf = acc(n)
+    for i in prange(rows):
+        xi = x[i]
+        yi = y[i]
+        k = load(xi, 0)
+        m = _shifted_sum(xi, k) / acc(n)
+        v = _centred_squares(xi, k, m, yi, holds_floats(yi))
+        r = acc(1) / np.sqrt(v / acc(n) + acc(eps))
+        mean[i] = k + m
+        rstd[i] = r
+        _normalize(xi, k, m, r, weight, bias, yi, holds_floats(yi))
+
+
+@_kernel
+def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch):
+    """Streaming: each row of x and dy read from memory once, in blocks, prefetching the next."""
+    acc = mean.dtype.type
+    rows, n = x.shape
     chunks = _chunks(rows, n)
     pw = _partials(scratch, 0, chunks, n)  # per-chunk partial sums of dweight
     pb = _partials(scratch, 1, chunks, n)  # ... and of dbias
@@ -174,69 +314,46 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
             pwc[:] = 0
         if dbias is not None:
             pbc[:] = 0
-        last = (c + 1) * rows // chunks - 1
-        for i in range(c * rows // chunks, last + 1):
+        first, end = _rows_of_chunk(c, chunks, rows)
+        for i in range(first, end):
             xi = x[i]
             dyi = dy[i]
             dxi = dx[i]
-            nxt = min(i + 1, last)  # the row to prefetch
+            nxt = min(i + 1, end - 1)  # the row to prefetch
             mu = mean[i]
             r = rstd[i]
-            # One pass: sum(g), sum(g * xc), sum(xc) with xc = x - mean; x_hat' = xc * rstd, the
-            # rstd factor is applied once per row instead of once per element.
             sg = acc(0)
             sgx = acc(0)
             sx = acc(0)
-            for b in range(0, n, block):
-                xb = xi[b : b + block]
-                dyb = dyi[b : b + block]
-                if weight is not None:
-                    wb = weight[b : b + block]
-                tg = acc(0)
-                tgx = acc(0)
-                tx = acc(0)
-                for j in range(xb.shape[0]):
-                    xc = load(xb, j) - mu
-                    g = load(dyb, j)
-                    if weight is not None:
-                        g = g * wb[j]
-                    tg += g
-                    tgx += g * xc
-                    tx += xc
+            for b in range(0, n, _BLOCK):
+                blk = slice(b, b + _BLOCK)
+                tg, tgx, tx = _ln_grad_sums(
+                    xi[blk], dyi[blk], None if weight is None else weight[blk], mu
+                )
                 sg += tg
                 sgx += tgx
                 sx += tx
-                if stream:
-                    prefetch_block(x, nxt, b, block, False)
-            # mean(g), mean(x_hat'), and mean(g * x_hat) for the re-centred x_hat = x_hat' - mx
-            # (re-centring cancels the rounding of the saved mean on large-offset rows).
-            mg = sg / nf
-            mx = sx * r / nf
-            mgx = sgx * r / nf - mx * mg
-            for b in range(0, n, block):
-                xb = xi[b : b + block]
-                dyb = dyi[b : b + block]
-                dxb = dxi[b : b + block]
-                if weight is not None:
-                    wb = weight[b : b + block]
-                if dweight is not None:
-                    pwb = pwc[b : b + block]
-                if dbias is not None:
-                    pbb = pbc[b : b + block]
-                for j in range(xb.shape[0]):
-                    x_hat = (load(xb, j) - mu) * r - mx
-                    d = load(dyb, j)
-                    g = d
-                    if weight is not None:
-                        g = d * wb[j]
-                    store(dxb, j, r * (g - mg - x_hat * mgx))
-                    if dweight is not None:
-                        pwb[j] += d * x_hat
-                    if dbias is not None:
-                        pbb[j] += d
-                if stream:
-                    prefetch_block(dy, nxt, b, block, False)
-                    prefetch_block(dx, nxt, b, block, True)
+                prefetch_block(x, nxt, b, _BLOCK, False)
+            mx, mg, mgx = _ln_grad_stats(sg, sgx, sx, r, acc(n))
+            for b in range(0, n, _BLOCK):
+                blk = slice(b, b + _BLOCK)
+                _ln_grads(
+                    xi[blk],
+                    dyi[blk],
+                    dxi[blk],
+                    None if weight is None else weight[blk],
+                    pwc[blk],
+                    pbc[blk],
+                    dweight is not None,
+                    dbias is not None,
+                    mu,
+                    r,
+                    mx,
+                    mg,
+                    mgx,
+                )
+                prefetch_block(dy, nxt, b, _BLOCK, False)
+                prefetch_block(dx, nxt, b, _BLOCK, True)
     if dweight is not None:
         _sum_chunks(pw, dweight)
     if dbias is not None:
@@ -244,94 +361,225 @@ def _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, block, 
 
 
 @_kernel
-def _rms_forward(x, weight, eps, y, rstd, block, stream):
+def _ln_backward_short(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch):
+    """Short rows in cache: each row whole, and two rows at a time after the first of an odd count,
+    so that the parameter-gradient partial sums are read and written once per pair: those
+    read-modify-writes, more than the arithmetic, bound the backward at (64, 768)."""
+    acc = mean.dtype.type
+    rows, n = x.shape
+    chunks = _chunks(rows, n)
+    pw = _partials(scratch, 0, chunks, n)
+    pb = _partials(scratch, 1, chunks, n)
+    want_w = dweight is not None
+    want_b = dbias is not None
+    for c in prange(chunks):
+        pwc = pw[c, :n]
+        pbc = pb[c, :n]
+        if want_w:
+            pwc[:] = 0
+        if want_b:
+            pbc[:] = 0
+        first, end = _rows_of_chunk(c, chunks, rows)
+        pairs = first + (end - first) % 2  # the first row of an odd count goes alone
+        for i in range(first, pairs):
+            mu, r = mean[i], rstd[i]
+            mx, mg, mgx = _ln_row_stats(x[i], dy[i], weight, mu, r, acc(n))
+            _ln_grads(x[i], dy[i], dx[i], weight, pwc, pbc, want_w, want_b, mu, r, mx, mg, mgx)
+        for i in range(pairs, end, 2):
+            j = i + 1
+            s0 = (mean[i], rstd[i]) + _ln_row_stats(x[i], dy[i], weight, mean[i], rstd[i], acc(n))
+            s1 = (mean[j], rstd[j]) + _ln_row_stats(x[j], dy[j], weight, mean[j], rstd[j], acc(n))
+            _ln_grads_pair(
+                x[i], dy[i], dx[i], s0, x[j], dy[j], dx[j], s1, weight, pwc, pbc, want_w, want_b
+            )
+    if dweight is not None:
+        _sum_chunks(pw, dweight)
+    if dbias is not None:
+        _sum_chunks(pb, dbias)
+
+
+# --- RMSNorm: the passes -------------------------------------------------------------------------
+
+
+@_inline
+def _squares(xb):
+    """sum(x * x)."""
+    t = zero(xb)
+    for j in range(xb.shape[0]):
+        v = load(xb, j)
+        t += v * v
+    return t
+
+
+@_inline
+def _rms_normalize(xb, r, wb, yb):
+    """y = x * rstd * weight."""
+    for j in range(xb.shape[0]):
+        x_hat = load(xb, j) * r
+        if wb is not None:
+            x_hat = x_hat * wb[j]
+        store(yb, j, x_hat)
+
+
+@_inline
+def _rms_grad_sum(xb, dyb, wb):
+    """sum(g * x) for g = dy * weight; times rstd once per row, it is sum(g * x_hat)."""
+    t = zero(xb)
+    for j in range(xb.shape[0]):
+        g = load(dyb, j)
+        if wb is not None:
+            g = g * wb[j]
+        t += g * load(xb, j)
+    return t
+
+
+@_inline
+def _rms_grad(xv, d, wb, j, r, mgx):
+    """(x_hat, dx) of one element."""
+    g = d
+    if wb is not None:
+        g = d * wb[j]
+    x_hat = xv * r
+    return x_hat, r * (g - x_hat * mgx)
+
+
+@_inline
+def _rms_grads(xb, dyb, dxb, wb, pwb, sums_w, r, mgx):
+    """dx of one row (or block), and its terms of the dweight partial sums (see _ln_grads)."""
+    for j in range(xb.shape[0]):
+        d = load(dyb, j)
+        x_hat, dx = _rms_grad(load(xb, j), d, wb, j, r, mgx)
+        store(dxb, j, dx)
+        if sums_w:
+            pwb[j] += d * x_hat
+
+
+@_inline
+def _rms_grads_pair(x0, dy0, dx0, r0, mgx0, x1, dy1, dx1, r1, mgx1, wb, pwb, sums_w):
+    """_rms_grads of two rows at once: the partial sums are read and written once for both."""
+    for j in range(x0.shape[0]):
+        d0 = load(dy0, j)
+        d1 = load(dy1, j)
+        x_hat0, dx = _rms_grad(load(x0, j), d0, wb, j, r0, mgx0)
+        store(dx0, j, dx)
+        x_hat1, dx = _rms_grad(load(x1, j), d1, wb, j, r1, mgx1)
+        store(dx1, j, dx)
+        if sums_w:
+            pwb[j] += d0 * x_hat0 + d1 * x_hat1
+
+
+# --- RMSNorm: the kernels ------------------------------------------------------------------------
+
+
+@_kernel
+def _rms_forward(x, weight, eps, y, rstd):
+    """Streaming: each row read from memory once, in blocks, prefetching the next."""
     acc = rstd.dtype.type
     rows, n = x.shape
-    nf = acc(n)
-    eps_ = acc(eps)
     for i in prange(rows):
         xi = x[i]
         yi = y[i]
         nxt = min(i + 1, rows - 1)  # the row to prefetch
         s = acc(0)
-        for b in range(0, n, block):
-            xb = xi[b : b + block]
-            t = acc(0)
-            for j in range(xb.shape[0]):
-                t += load(xb, j) * load(xb, j)
-            s += t
-            if stream:
-                prefetch_block(y, i, b, block, True)
-        r = acc(1) / np.sqrt(s / nf + eps_)
+        for b in range(0, n, _BLOCK):
+            s += _squares(xi[b : b + _BLOCK])
+            prefetch_block(y, i, b, _BLOCK, True)
+        r = acc(1) / np.sqrt(s / acc(n) + acc(eps))
         rstd[i] = r
-        for b in range(0, n, block):
-            xb = xi[b : b + block]
-            yb = yi[b : b + block]
-            if weight is not None:
-                wb = weight[b : b + block]
-            for j in range(xb.shape[0]):
-                x_hat = load(xb, j) * r
-                if weight is not None:
-                    x_hat = x_hat * wb[j]
-                store(yb, j, x_hat)
-            if stream:
-                prefetch_block(x, nxt, b, block, False)
+        for b in range(0, n, _BLOCK):
+            blk = slice(b, b + _BLOCK)
+            _rms_normalize(xi[blk], r, None if weight is None else weight[blk], yi[blk])
+            prefetch_block(x, nxt, b, _BLOCK, False)
 
 
 @_kernel
-def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch, block, stream):
+def _rms_forward_short(x, weight, eps, y, rstd):
+    """Short rows in cache: each row whole."""
     acc = rstd.dtype.type
     rows, n = x.shape
-    nf = acc(n)
+    for i in prange(rows):
+        r = acc(1) / np.sqrt(_squares(x[i]) / acc(n) + acc(eps))
+        rstd[i] = r
+        _rms_normalize(x[i], r, weight, y[i])
+
+
+@_kernel
+def _rms_backward(dy, x, rstd, weight, dx, dweight, scratch):
+    """Streaming: each row of x and dy read from memory once, in blocks, prefetching the next."""
+    acc = rstd.dtype.type
+    rows, n = x.shape
     chunks = _chunks(rows, n)
     pw = _partials(scratch, 0, chunks, n)  # per-chunk partial sums of dweight
     for c in prange(chunks):
         pwc = pw[c, :n]
         if dweight is not None:
             pwc[:] = 0
-        last = (c + 1) * rows // chunks - 1
-        for i in range(c * rows // chunks, last + 1):
+        first, end = _rows_of_chunk(c, chunks, rows)
+        for i in range(first, end):
             xi = x[i]
             dyi = dy[i]
             dxi = dx[i]
-            nxt = min(i + 1, last)  # the row to prefetch
+            nxt = min(i + 1, end - 1)  # the row to prefetch
             r = rstd[i]
-            s = acc(0)  # sum(g * x), times rstd once per row: sum(g * x_hat)
-            for b in range(0, n, block):
-                xb = xi[b : b + block]
-                dyb = dyi[b : b + block]
-                if weight is not None:
-                    wb = weight[b : b + block]
-                t = acc(0)
-                for j in range(xb.shape[0]):
-                    g = load(dyb, j)
-                    if weight is not None:
-                        g = g * wb[j]
-                    t += g * load(xb, j)
-                s += t
-                if stream:
-                    prefetch_block(x, nxt, b, block, False)
-            mgx = s * r / nf
-            for b in range(0, n, block):
-                xb = xi[b : b + block]
-                dyb = dyi[b : b + block]
-                dxb = dxi[b : b + block]
-                if weight is not None:
-                    wb = weight[b : b + block]
-                if dweight is not None:
-                    pwb = pwc[b : b + block]
-                for j in range(xb.shape[0]):
-                    x_hat = load(xb, j) * r
-                    d = load(dyb, j)
-                    g = d
-                    if weight is not None:
-                        g = d * wb[j]
-                    store(dxb, j, r * (g - x_hat * mgx))
-                    if dweight is not None:
-                        pwb[j] += d * x_hat
-                if stream:
-                    prefetch_block(dy, nxt, b, block, False)
-                    prefetch_block(dx, nxt, b, block, True)
+            s = acc(0)
+            for b in range(0, n, _BLOCK):
+                blk = slice(b, b + _BLOCK)
+                s += _rms_grad_sum(xi[blk], dyi[blk], None if weight is None else weight[blk])
+                prefetch_block(x, nxt, b, _BLOCK, False)
+            mgx = s * r / acc(n)
+            for b in range(0, n, _BLOCK):
+                blk = slice(b, b + _BLOCK)
+                _rms_grads(
+                    xi[blk],
+                    dyi[blk],
+                    dxi[blk],
+                    None if weight is None else weight[blk],
+                    pwc[blk],
+                    dweight is not None,
+                    r,
+                    mgx,
+                )
+                prefetch_block(dy, nxt, b, _BLOCK, False)
+                prefetch_block(dx, nxt, b, _BLOCK, True)
+    if dweight is not None:
+        _sum_chunks(pw, dweight)
+
+
+@_kernel
+def _rms_backward_short(dy, x, rstd, weight, dx, dweight, scratch):
+    """Short rows in cache: each row whole, two rows at a time (see _ln_backward_short)."""
+    acc = rstd.dtype.type
+    rows, n = x.shape
+    chunks = _chunks(rows, n)
+    pw = _partials(scratch, 0, chunks, n)
+    for c in prange(chunks):
+        pwc = pw[c, :n]
+        if dweight is not None:
+            pwc[:] = 0
+        first, end = _rows_of_chunk(c, chunks, rows)
+        pairs = first + (end - first) % 2  # the first row of an odd count goes alone
+        for i in range(first, pairs):
+            mgx = _rms_grad_sum(x[i], dy[i], weight) * rstd[i] / acc(n)
+            _rms_grads(x[i], dy[i], dx[i], weight, pwc, dweight is not None, rstd[i], mgx)
+        for i in range(pairs, end, 2):
+            j = i + 1
+            mgx0 = _rms_grad_sum(x[i], dy[i], weight) * rstd[i] / acc(n)
+            mgx1 = _rms_grad_sum(x[j], dy[j], weight) * rstd[j] / acc(n)
+            _rms_grads_pair(
+                x[i],
+                dy[i],
+                dx[i],
+                rstd[i],
+                mgx0,
+                x[j],
+                dy[j],
+                dx[j],
+                rstd[j],
+                mgx1,
+                weight,
+                pwc,
+                dweight is not None,
+            )
     if dweight is not None:
         _sum_chunks(pw, dweight)
 
@@ -343,8 +591,9 @@ def _scratch(rows, n, dtype, arrays):
     """A 64-byte aligned buffer for `arrays` blocks of _partials, kept per thread and per dtype
     (allocating it per call cost ~0.5 ms of page faults at n = 16384)."""
     line = LINE // dtype.itemsize
-    stride = -(-n // line) * line
-    size = arrays * (max(1, min(rows, _MAX_CHUNKS)) * stride + _SKEW)  # >= what _partials uses
+    size = arrays * (
+        min(rows, _MAX_CHUNKS) * -(-n // line) * line + _SKEW
+    )  # >= what _partials uses
     buf = getattr(_local, dtype.char, None)
     if buf is None or buf.shape[0] < size:
         raw = np.empty(size + line, dtype=dtype)
@@ -354,13 +603,12 @@ def _scratch(rows, n, dtype, arrays):
     return buf
 
 
-def _blocking(nbytes):
-    """(block, stream) for a call that touches `nbytes` of arrays, counted in the accumulation
-    dtype: see the module docstring. (A 16-bit input runs as its float32 twin does, so that its
-    result is the float32 result rounded once, to the bit.)"""
-    if nbytes > _STREAM_BYTES:
-        return _STREAM_BLOCK, True
-    return _CACHED_BLOCK, False
+def _short(x, arrays, itemsize):
+    """Whether a call runs as short rows in cache: rows of 1 to _SHORT_ROW elements, and the call's
+    `arrays` arrays of x's size, counted in the accumulation dtype (`itemsize` bytes: a 16-bit
+    input runs as its float32 twin does, so that its result is the float32 result rounded once, to
+    the bit), within _STREAM_BYTES."""
+    return 0 < x.shape[1] <= _SHORT_ROW and arrays * x.size * itemsize <= _STREAM_BYTES
 
 
 # The contract's entry points (docs/contracts.md). eps becomes a Python float so that a NumPy
@@ -369,28 +617,27 @@ def _blocking(nbytes):
 
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd <- LayerNorm of the rows of x."""
-    blocking = _blocking(2 * x.size * mean.itemsize)
-    _ln_forward(as_bits(x), weight, bias, float(eps), as_bits(y), mean, rstd, *blocking)
+    kernel = _ln_forward_short if _short(x, 2, mean.itemsize) else _ln_forward
+    kernel(as_bits(x), weight, bias, float(eps), as_bits(y), mean, rstd)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- LayerNorm's backward."""
     rows, n = x.shape
+    kernel = _ln_backward_short if _short(x, 3, mean.itemsize) else _ln_backward
     scratch = _scratch(rows, n, mean.dtype, 2)
-    blocking = _blocking(3 * x.size * mean.itemsize)
-    dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
-    _ln_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, scratch, *blocking)
+    kernel(as_bits(dy), as_bits(x), mean, rstd, weight, as_bits(dx), dweight, dbias, scratch)
 
 
 def rms_norm_forward(x, weight, eps, y, rstd):
     """y, rstd <- RMSNorm of the rows of x."""
-    blocking = _blocking(2 * x.size * rstd.itemsize)
-    _rms_forward(as_bits(x), weight, float(eps), as_bits(y), rstd, *blocking)
+    kernel = _rms_forward_short if _short(x, 2, rstd.itemsize) else _rms_forward
+    kernel(as_bits(x), weight, float(eps), as_bits(y), rstd)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight):
     """dx, and dweight unless None <- RMSNorm's backward."""
     rows, n = x.shape
+    kernel = _rms_backward_short if _short(x, 3, rstd.itemsize) else _rms_backward
     scratch = _scratch(rows, n, rstd.dtype, 1)
-    blocking = _blocking(3 * x.size * rstd.itemsize)
-    _rms_backward(as_bits(dy), as_bits(x), rstd, weight, as_bits(dx), dweight, scratch, *blocking)
+    kernel(as_bits(dy), as_bits(x), rstd, weight, as_bits(dx), dweight, scratch)

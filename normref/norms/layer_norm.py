@@ -84,7 +84,7 @@ def layer_norm_forward(
             stats[0],
             stats[1],
         )
-        mean, rstd = _xp.reshape(xp, stats, (2,) + stats_shape)
+        mean, rstd = stats.reshape((2,) + stats_shape)  # a kernel's arrays: NumPy or CuPy
     y = _xp.deliver(xp, y, out, tuple(x.shape))
     return y, LayerNormSaved(x, mean, rstd, weight, None if bias is None else bias.dtype, k)
 
@@ -120,8 +120,8 @@ def layer_norm_backward(dy, saved: LayerNormSaved, *, out=None, backend=None):
         kernels.layer_norm_backward(
             dy if direct else _xp.as_rows(xp, dy, rows, n),
             x if direct else _xp.as_rows(xp, x, rows, n),
-            _xp.reshape(xp, mean, (rows,)),
-            _xp.reshape(xp, rstd, (rows,)),
+            mean.reshape((rows,)),  # a kernel's arrays: NumPy or CuPy
+            rstd.reshape((rows,)),
             weight if direct else _xp.param_vector(xp, weight, acc),
             dx,
             dweight,

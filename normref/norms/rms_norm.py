@@ -100,7 +100,7 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
         kernels.rms_norm_backward(
             dy if direct else _xp.as_rows(xp, dy, rows, n),
             x if direct else _xp.as_rows(xp, x, rows, n),
-            _xp.reshape(xp, rstd, (rows,)),
+            rstd.reshape((rows,)),  # a kernel's arrays: NumPy or CuPy
             weight if direct else _xp.param_vector(xp, weight, acc),
             dx,
             dweight,

@@ -590,12 +590,11 @@ _local = threading.local()
 def _scratch(rows, n, dtype, arrays):
     """A 64-byte aligned buffer for `arrays` blocks of _partials, kept per thread and per dtype
     (allocating it per call cost ~0.5 ms of page faults at n = 16384)."""
-    line = LINE // dtype.itemsize
-    size = arrays * (
-        min(rows, _MAX_CHUNKS) * -(-n // line) * line + _SKEW
-    )  # >= what _partials uses
     buf = getattr(_local, dtype.char, None)
+    # >= what _partials uses: each chunk's row padded to a whole cache line (< n + 16 elements)
+    size = arrays * (min(rows, _MAX_CHUNKS) * (n + 16) + _SKEW)
     if buf is None or buf.shape[0] < size:
+        line = LINE // dtype.itemsize
         raw = np.empty(size + line, dtype=dtype)
         skip = (-raw.ctypes.data % LINE) // dtype.itemsize
         buf = raw[skip : skip + size]
@@ -618,26 +617,32 @@ def _short(x, arrays, itemsize):
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd <- LayerNorm of the rows of x."""
     kernel = _ln_forward_short if _short(x, 2, mean.itemsize) else _ln_forward
-    kernel(as_bits(x), weight, bias, float(eps), as_bits(y), mean, rstd)
+    if x.dtype.itemsize == 2:  # float16, bfloat16: as their bits (y has x's dtype)
+        x, y = as_bits(x), as_bits(y)
+    kernel(x, weight, bias, float(eps), y, mean, rstd)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- LayerNorm's backward."""
     rows, n = x.shape
     kernel = _ln_backward_short if _short(x, 3, mean.itemsize) else _ln_backward
-    scratch = _scratch(rows, n, mean.dtype, 2)
-    kernel(as_bits(dy), as_bits(x), mean, rstd, weight, as_bits(dx), dweight, dbias, scratch)
+    if x.dtype.itemsize == 2:  # dy and dx have x's dtype
+        dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
+    kernel(dy, x, mean, rstd, weight, dx, dweight, dbias, _scratch(rows, n, mean.dtype, 2))
 
 
 def rms_norm_forward(x, weight, eps, y, rstd):
     """y, rstd <- RMSNorm of the rows of x."""
     kernel = _rms_forward_short if _short(x, 2, rstd.itemsize) else _rms_forward
-    kernel(as_bits(x), weight, float(eps), as_bits(y), rstd)
+    if x.dtype.itemsize == 2:
+        x, y = as_bits(x), as_bits(y)
+    kernel(x, weight, float(eps), y, rstd)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight):
     """dx, and dweight unless None <- RMSNorm's backward."""
     rows, n = x.shape
     kernel = _rms_backward_short if _short(x, 3, rstd.itemsize) else _rms_backward
-    scratch = _scratch(rows, n, rstd.dtype, 1)
-    kernel(as_bits(dy), as_bits(x), rstd, weight, as_bits(dx), dweight, scratch)
+    if x.dtype.itemsize == 2:
+        dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
+    kernel(dy, x, rstd, weight, dx, dweight, _scratch(rows, n, rstd.dtype, 1))

@@ -21,7 +21,6 @@ an unhashable argument (a list for a shape), is planned afresh every time, as it
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -61,17 +60,21 @@ class Plans:
     def __init__(self) -> None:
         self._plans: dict[tuple, Any] = {}
 
-    def find(self, key: tuple | None, check: Callable[..., Any], *args: Any) -> Any:
-        """The plan kept under `key`; else the plan `check(*args)` returns once it has checked the
-        call (raising as design.md §9 says for a bad one), kept unless the call is not planned."""
+    def get(self, key: tuple | None) -> Any:
+        """The plan kept under `key`, or None (always None for a call that is not planned)."""
         try:
-            plan = None if key is None else self._plans.get(key)
+            return None if key is None else self._plans.get(key)
         except TypeError:  # an unhashable argument
-            key = plan = None
-        if plan is None:
-            plan = check(*args)
+            return None
+
+    def add(self, key: tuple | None, plan: Any) -> Any:
+        """Keep `plan`, made by checking its call (design.md §9: a bad call raises before this),
+        under `key`, unless the call is not planned; returns `plan`."""
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        try:
             if key is not None:
-                if len(self._plans) >= _MAX_PLANS:
-                    self._plans.clear()
                 self._plans[key] = plan
+        except TypeError:  # an unhashable argument
+            pass
         return plan

@@ -54,8 +54,8 @@ def rms_norm_forward(x, weight=None, *, normalized_shape=None, eps=None, out=Non
     array([[0.8485, 1.1314]])
     """
     key = _plans.signature((x, weight), out, normalized_shape, eps, backend)
-    plan = _FORWARD_PLANS.find(
-        key, _rows.forward_plan, _NAME, x, weight, None, normalized_shape, eps, out, backend
+    plan = _FORWARD_PLANS.get(key) or _FORWARD_PLANS.add(
+        key, _rows.forward_plan(_NAME, x, weight, None, normalized_shape, eps, out, backend)
     )
     xp, kernels, eps, batch, rows, n, k, stats_shape, acc, direct = plan
     if kernels is None:
@@ -70,7 +70,8 @@ def rms_norm_forward(x, weight=None, *, normalized_shape=None, eps=None, out=Non
             y,
             rstd,
         )
-    y = _xp.deliver(xp, y, out, tuple(x.shape))
+    if y is not out:  # (a kernel may have written straight into out)
+        y = _xp.deliver(xp, y, out, tuple(x.shape))
     return y, RMSNormSaved(x, _xp.reshape(xp, rstd, stats_shape), weight, k)
 
 
@@ -81,8 +82,8 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
     """
     x, rstd, weight, k = saved
     key = _plans.signature((dy, x, rstd, weight), out, k, backend)
-    plan = _BACKWARD_PLANS.find(
-        key, _rows.backward_plan, _NAME, dy, x, weight, None, rstd, k, out, backend
+    plan = _BACKWARD_PLANS.get(key) or _BACKWARD_PLANS.add(
+        key, _rows.backward_plan(_NAME, dy, x, weight, None, rstd, k, out, backend)
     )
     xp, kernels, _, batch, rows, n, k, _, acc, direct = plan
     if kernels is None:
@@ -105,7 +106,8 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
             dx,
             dweight,
         )
-    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
+    if dx is not out:  # (a kernel may have written straight into out)
+        dx = _xp.deliver(xp, dx, out, tuple(x.shape))
     if dweight is not None and not direct:  # to the weight's dtype and shape
         dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), tuple(weight.shape))
     return dx, dweight

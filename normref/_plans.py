@@ -17,6 +17,10 @@ and is refused as before. The signature is everything the checks and the plan re
 
 Only NumPy arrays are signed: a call with any other array (CuPy, torch, array-api-strict), or with
 an unhashable argument (a list for a shape), is planned afresh every time, as it was before plans.
+
+A plan also holds the kernel module its call dispatches to, so plans assume that the registry and
+the loaded kernel modules (normref/_dispatch.py) stay as they are, as they do outside tests; code
+that changes them calls clear().
 """
 
 from __future__ import annotations
@@ -27,9 +31,16 @@ import numpy as np
 
 from normref import _dispatch
 
-__all__ = ["Plans", "signature"]
+__all__ = ["Plans", "clear", "signature"]
 
 _MAX_PLANS = 64  # per op: a training loop makes a handful of kinds of calls
+_EVERY: list[Plans] = []  # every op's plans, for clear()
+
+
+def clear() -> None:
+    """Drop every plan of every op."""
+    for plans in _EVERY:
+        plans._plans.clear()
 
 
 def signature(arrays: tuple, out: Any, *values: Any) -> tuple | None:
@@ -59,6 +70,7 @@ class Plans:
 
     def __init__(self) -> None:
         self._plans: dict[tuple, Any] = {}
+        _EVERY.append(self)
 
     def get(self, key: tuple | None) -> Any:
         """The plan kept under `key`, or None (always None for a call that is not planned)."""

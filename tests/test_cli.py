@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normref import _dispatch, registry
+from normref import _dispatch, _plans, registry
 from normref.cli import main
 from normref.conformance import runner
 from normref.golden import DATA_DIR, load_index
@@ -32,6 +32,16 @@ def _numba_kernels():
         )
     except ImportError as e:
         pytest.skip(f"Numba kernels not importable: {e}")
+
+
+@pytest.fixture(autouse=True)
+def fresh_plans():
+    """The tests here patch the registry or the loaded kernel modules, which call plans hold
+    (normref/_plans.py): no plan made before a patch is used under it, or one made under it
+    after."""
+    _plans.clear()
+    yield
+    _plans.clear()
 
 
 def _patch_kernels(monkeypatch, **wrappers):

@@ -25,6 +25,8 @@ __all__ = [
     "is_cupy",
     "dtype_name",
     "as_rows",
+    "is_param_vector",
+    "is_rows",
     "reshape",
     "param_vector",
     "rows_buffer",
@@ -103,12 +105,25 @@ def reshape(xp: Any, x: Any, shape: tuple[int, ...]) -> Any:
     return xp.reshape(x, shape)
 
 
+def is_rows(a: Any, rows: int, n: int) -> bool:
+    """Whether a NumPy or CuPy array already is the C-contiguous (rows, n) array kernels take."""
+    return tuple(a.shape) == (rows, n) and a.flags.c_contiguous
+
+
+def is_param_vector(param: Any, acc: Any) -> bool:
+    """Whether a NumPy or CuPy parameter already is the contiguous 1-D accumulation-dtype array
+    kernels take."""
+    return param.ndim == 1 and param.dtype == acc and param.flags.c_contiguous
+
+
 def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
     """`x` as a C-contiguous (rows, n) array: a view when it can be, a copy when it must be.
 
     Only for NumPy and CuPy arrays (the kernel backends), which carry `flags` and a module-level
     `ascontiguousarray` (a strided view such as x[..., ::2] reshapes to another strided view).
     """
+    if is_rows(x, rows, n):
+        return x
     x2 = reshape(xp, x, (rows, n))
     if not x2.flags.c_contiguous:
         x2 = sys.modules[type(x2).__module__.partition(".")[0]].ascontiguousarray(x2)
@@ -117,11 +132,11 @@ def as_rows(xp: Any, x: Any, rows: int, n: int) -> Any:
 
 def param_vector(xp: Any, param: Any, acc: Any) -> Any:
     """A parameter (weight, bias) as the contiguous 1-D accumulation-dtype array kernels take."""
-    if param is None:
-        return None
+    if param is None or is_param_vector(param, acc):  # the usual case, as it is
+        return param
     if param.dtype != acc:
         param = xp.astype(param, acc)
-    if param.ndim == 1 and param.flags.c_contiguous:  # the usual case, as it is
+    if param.ndim == 1 and param.flags.c_contiguous:
         return param
     return as_rows(xp, param, 1, math.prod(param.shape))[0]
 
@@ -140,6 +155,8 @@ def rows_buffer(xp: Any, out: Any, rows: int, n: int, dtype: Any) -> Any:
 def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
     """`result` reshaped to `shape`; when the caller gave `out`, written into it (a kernel that
     wrote into `out` directly through `rows_buffer` costs no copy here)."""
+    if result is out:
+        return out
     if out is None:
         return reshape(xp, result, shape)
     if not _same_memory(result, out):
@@ -148,10 +165,8 @@ def deliver(xp: Any, result: Any, out: Any, shape: tuple[int, ...]) -> Any:
 
 
 def _same_memory(a: Any, b: Any) -> bool:
-    """Whether `a` is `b` or a view of all of `b` (what `rows_buffer` makes of a C-contiguous
-    `out`)."""
-    if a is b:
-        return True
+    """Whether `a` is a view of all of `b` (what `rows_buffer` makes of a C-contiguous `out`
+    that needs reshaping)."""
     if not (is_numpy(b) or is_cupy(b)) or not b.flags.c_contiguous:
         return False
     if b.base is None:

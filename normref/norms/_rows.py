@@ -71,12 +71,7 @@ def backward_plan(op, dy, x, weight, bias_dtype, stats, k, out, backend):
 
 
 def _laid_out(rows, n, row_arrays, params, acc):
-    """Whether kernel-backend arrays (NumPy, CuPy) need no reshape, copy or cast: each of
-    `row_arrays` (None: absent) of shape (rows, n) and C-contiguous, each of `params` 1-D,
-    contiguous and of dtype `acc`."""
-    rows_ok = all(
-        a is None or (tuple(a.shape) == (rows, n) and a.flags.c_contiguous) for a in row_arrays
-    )
-    return rows_ok and all(
-        p is None or (p.ndim == 1 and p.dtype == acc and p.flags.c_contiguous) for p in params
+    """Whether kernel-backend arrays (NumPy, CuPy) need no reshape, copy or cast (None: absent)."""
+    return all(a is None or _xp.is_rows(a, rows, n) for a in row_arrays) and all(
+        p is None or _xp.is_param_vector(p, acc) for p in params
     )

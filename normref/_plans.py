@@ -18,9 +18,9 @@ and is refused as before. The signature is everything the checks and the plan re
 Only NumPy arrays are signed: a call with any other array (CuPy, torch, array-api-strict), or with
 an unhashable argument (a list for a shape), is planned afresh every time, as it was before plans.
 
-A plan also holds the kernel module its call dispatches to, so plans assume that the registry and
-the loaded kernel modules (normref/_dispatch.py) stay as they are, as they do outside tests; code
-that changes them calls clear().
+A plan also holds the kernel its call runs (what the kernel module's `entry` gave), so plans
+assume that the registry, the loaded kernel modules (normref/_dispatch.py) and their settings stay
+as they are, as they do outside tests; code that changes them calls clear().
 """
 
 from __future__ import annotations

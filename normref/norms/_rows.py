@@ -18,7 +18,7 @@ class RowPlan(NamedTuple):
     """All a row norm's wrapper needs to know besides the arrays themselves."""
 
     xp: Any
-    kernels: Any  # the kernel module, or None for the array-API reference
+    kernel: Any  # what runs the call on its kernel backend (see _kernel), or None: the reference
     eps: float | None  # checked, as a Python float (None in a backward plan)
     batch: tuple[int, ...]  # x.shape without the normalized dims
     rows: int  # prod(batch)
@@ -45,12 +45,12 @@ def forward_plan(op, x, weight, bias, normalized_shape, eps, out, backend):
     acc = _xp.accumulation_dtype(xp, x.dtype)
     eps = float(xp.finfo(acc).eps) if eps is None else _checks.positive(op, "eps", eps)
     _checks.output(op, "out", out, x)
-    kernels = kernels_for(registry.OPS[op], x, backend)
     k = len(shape)
     batch = tuple(x.shape[: x.ndim - k])
     rows, n = math.prod(batch), math.prod(shape)
-    direct = kernels is not None and _laid_out(rows, n, (x, out), (weight, bias), acc)
-    return RowPlan(xp, kernels, eps, batch, rows, n, k, batch + (1,) * k, acc, direct)
+    kernel = _kernel(op, "forward", x, rows, n, backend)
+    direct = kernel is not None and _laid_out(rows, n, (x, out), (weight, bias), acc)
+    return RowPlan(xp, kernel, eps, batch, rows, n, k, batch + (1,) * k, acc, direct)
 
 
 def backward_plan(op, dy, x, weight, bias_dtype, stats, k, out, backend):
@@ -58,16 +58,23 @@ def backward_plan(op, dy, x, weight, bias_dtype, stats, k, out, backend):
     statistic, in the accumulation dtype; k: the number of normalized dims), and what follows from
     them. `direct` here also means the parameter gradients need no cast."""
     xp = backward_inputs(op, dy, x, out)
-    kernels = kernels_for(registry.OPS[op], x, backend)
     batch = tuple(x.shape[: x.ndim - k])
     rows, n = math.prod(batch), math.prod(x.shape[x.ndim - k :])
+    kernel = _kernel(op, "backward", x, rows, n, backend)
     acc = stats.dtype
     direct = (
-        kernels is not None
+        kernel is not None
         and bias_dtype in (None, acc)
         and _laid_out(rows, n, (dy, x, out), (weight,), acc)
     )
-    return RowPlan(xp, kernels, None, batch, rows, n, k, batch + (1,) * k, acc, direct)
+    return RowPlan(xp, kernel, None, batch, rows, n, k, batch + (1,) * k, acc, direct)
+
+
+def _kernel(op, pass_, x, rows, n, backend):
+    """The kernel-contract function of `op`'s `pass_` (docs/contracts.md) as x's kernel module
+    specialises it to x's rows (its `entry`); None when the call runs on the array-API reference."""
+    kernels = kernels_for(registry.OPS[op], x, backend)
+    return None if kernels is None else kernels.entry(f"{op}_{pass_}", rows, n, x.dtype)
 
 
 def _laid_out(rows, n, row_arrays, params, acc):

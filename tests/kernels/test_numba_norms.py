@@ -15,6 +15,7 @@ except ImportError:
 numba = pytest.importorskip("numba")
 
 import normref  # noqa: E402
+from normref import _plans  # noqa: E402
 from normref.kernels.numba import norms as kernels  # noqa: E402
 
 # Worst error allowed, in units of the largest reference value of that output. The 16-bit formats
@@ -44,9 +45,12 @@ OPS = {"layer_norm": _ln, "rms_norm": _rms}
 @pytest.fixture(autouse=True, params=["short", "streaming"])
 def blocking(request, monkeypatch):
     """Every test runs both ways the kernels can run (see the kernel module's docstring): as short
-    rows in cache (rows up to _SHORT_ROW long, whatever the problem's size) and streaming."""
+    rows in cache (rows up to _SHORT_ROW long, whatever the problem's size) and streaming. Call
+    plans keep the kernel chosen for their calls (normref/_plans.py): none outlives the switch."""
+    _plans.clear()
     monkeypatch.setattr(kernels, "_STREAM_BYTES", 0 if request.param == "streaming" else 1 << 62)
-    return request.param
+    yield request.param
+    _plans.clear()
 
 
 def _up(a):
@@ -251,3 +255,13 @@ def test_rows_of_no_elements_have_nan_statistics():
     mean, rstd = np.zeros(3, np.float32), np.zeros(3, np.float32)
     kernels.layer_norm_forward(x, None, None, 1e-5, x, mean, rstd)
     assert np.all(np.isnan(mean)) and np.all(np.isnan(rstd))
+
+
+def test_calls_run_the_kernel_the_fixture_asks_for(blocking):
+    """A call's plan keeps its kernel: the one _short chose when the plan was made."""
+    from normref.norms import layer_norm
+
+    normref.layer_norm(np.ones((4, 8), np.float32), backend="numba")
+    want = kernels._ln_forward if blocking == "streaming" else kernels._ln_forward_short
+    assert kernels.entry("layer_norm_forward", 4, 8, np.float32) is want
+    assert [plan.kernel for plan in layer_norm._FORWARD_PLANS._plans.values()] == [want]

@@ -3,7 +3,7 @@
 The op wrappers (normref/norms/layer_norm.py, rms_norm.py) validate, reshape to C-contiguous
 (rows, n) CuPy arrays, allocate the outputs and call the four functions of docs/contracts.md
 ("Kernel contract"): `layer_norm_forward`, `layer_norm_backward`, `rms_norm_forward`,
-`rms_norm_backward`.
+`rms_norm_backward` (which `entry` hands out as they are).
 
 How this module is put together, and why:
 
@@ -41,6 +41,7 @@ __all__ = [
     "LaunchConfig",
     "Runtime",
     "bind",
+    "entry",
     "kernel_names",
     "launch_config",
     "layer_norm_backward",
@@ -365,3 +366,15 @@ def rms_norm_forward(x, weight, eps, y, rstd) -> None:
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight) -> None:
     """dx (rows, n) of RMSNorm; dweight (n,) when not None (accumulation dtype)."""
     _rms_norm_backward(_runtime(), dy, x, rstd, weight, dx, dweight)
+
+
+def entry(name: str, rows: int, n: int, dtype: Any) -> Callable[..., None]:
+    """The function that does what `name` does on (rows, n) arrays of `dtype`: `name` itself, as
+    each launch works out its geometry from its arrays."""
+    return _ENTRY_POINTS[name]
+
+
+_ENTRY_POINTS = {
+    f.__name__: f
+    for f in (layer_norm_forward, layer_norm_backward, rms_norm_forward, rms_norm_backward)
+}

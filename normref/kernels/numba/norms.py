@@ -2,7 +2,9 @@
 
 The op wrappers (normref/norms/layer_norm.py, rms_norm.py) validate, reshape to C-contiguous
 (rows, n) arrays, allocate the outputs and call the four functions at the bottom of this module,
-whose signatures and numerics are fixed by docs/contracts.md ("Kernel contract").
+whose signatures and numerics are fixed by docs/contracts.md ("Kernel contract"), or rather what
+`entry` gives for them: the choices below that depend only on the call's shape and dtype, made once
+per call plan.
 
 How the kernels are built, and why:
 
@@ -56,7 +58,13 @@ from numba import njit, prange
 from normref.kernels.numba._half import as_bits, holds_floats, load, store, zero
 from normref.kernels.numba._prefetch import LINE, prefetch_block
 
-__all__ = ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
+__all__ = [
+    "entry",
+    "layer_norm_forward",
+    "layer_norm_backward",
+    "rms_norm_forward",
+    "rms_norm_backward",
+]
 
 _FASTMATH = {"reassoc"}
 _BLOCK = 256  # elements per partial sum and per batch of prefetches, for streaming problems
@@ -602,47 +610,65 @@ def _scratch(rows, n, dtype, arrays):
     return buf
 
 
-def _short(x, arrays, itemsize):
+def _short(rows, n, arrays, itemsize):
     """Whether a call runs as short rows in cache: rows of 1 to _SHORT_ROW elements, and the call's
-    `arrays` arrays of x's size, counted in the accumulation dtype (`itemsize` bytes: a 16-bit
+    `arrays` arrays of (rows, n), counted in the accumulation dtype (`itemsize` bytes: a 16-bit
     input runs as its float32 twin does, so that its result is the float32 result rounded once, to
     the bit), within _STREAM_BYTES."""
-    return 0 < x.shape[1] <= _SHORT_ROW and arrays * x.size * itemsize <= _STREAM_BYTES
+    return 0 < n <= _SHORT_ROW and arrays * rows * n * itemsize <= _STREAM_BYTES
 
 
-# The contract's entry points (docs/contracts.md). eps becomes a Python float so that a NumPy
-# scalar eps (rms_norm's default is finfo(dtype).eps) does not compile another specialisation.
+# name: (short-row kernel, streaming kernel, how many (rows, n) arrays _short counts, the argument
+# positions of the row arrays a 16-bit call passes as bits, blocks of _partials scratch)
+_KERNELS = {
+    "layer_norm_forward": (_ln_forward_short, _ln_forward, 2, (0, 4), 0),
+    "layer_norm_backward": (_ln_backward_short, _ln_backward, 3, (0, 1, 5), 2),
+    "rms_norm_forward": (_rms_forward_short, _rms_forward, 2, (0, 3), 0),
+    "rms_norm_backward": (_rms_backward_short, _rms_backward, 3, (0, 1, 4), 1),
+}
+
+
+def entry(name, rows, n, dtype):
+    """The function that does what entry point `name` does on (rows, n) row arrays of `dtype`, with
+    what depends only on those decided now: an op's call plan (normref/_plans.py) asks once and
+    keeps it. For a float32 or float64 forward it is the compiled kernel itself."""
+    short, streaming, arrays, row_args, blocks = _KERNELS[name]
+    half = np.dtype(dtype).itemsize == 2  # float16, bfloat16: computed in float32
+    acc = np.dtype(np.float32) if half else np.dtype(dtype)
+    kernel = short if _short(rows, n, arrays, acc.itemsize) else streaming
+    if not (half or blocks):
+        return kernel
+
+    def call(*args):
+        if half:  # the row arrays as their bits (see _half.py)
+            args = [as_bits(a) if at in row_args else a for at, a in enumerate(args)]
+        if blocks:
+            args = (*args, _scratch(rows, n, acc, blocks))
+        kernel(*args)
+
+    return call
+
+
+# The contract's entry points (docs/contracts.md): each runs what entry() gives for its arrays. eps
+# becomes a Python float so that a NumPy scalar eps (rms_norm's default is finfo(dtype).eps) does
+# not compile another specialisation.
 
 
 def layer_norm_forward(x, weight, bias, eps, y, mean, rstd):
     """y, mean, rstd <- LayerNorm of the rows of x."""
-    kernel = _ln_forward_short if _short(x, 2, mean.itemsize) else _ln_forward
-    if x.dtype.itemsize == 2:  # float16, bfloat16: as their bits (y has x's dtype)
-        x, y = as_bits(x), as_bits(y)
-    kernel(x, weight, bias, float(eps), y, mean, rstd)
+    entry("layer_norm_forward", *x.shape, x.dtype)(x, weight, bias, float(eps), y, mean, rstd)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight, dx, dweight, dbias):
     """dx, and dweight / dbias unless None <- LayerNorm's backward."""
-    rows, n = x.shape
-    kernel = _ln_backward_short if _short(x, 3, mean.itemsize) else _ln_backward
-    if x.dtype.itemsize == 2:  # dy and dx have x's dtype
-        dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
-    kernel(dy, x, mean, rstd, weight, dx, dweight, dbias, _scratch(rows, n, mean.dtype, 2))
+    entry("layer_norm_backward", *x.shape, x.dtype)(dy, x, mean, rstd, weight, dx, dweight, dbias)
 
 
 def rms_norm_forward(x, weight, eps, y, rstd):
     """y, rstd <- RMSNorm of the rows of x."""
-    kernel = _rms_forward_short if _short(x, 2, rstd.itemsize) else _rms_forward
-    if x.dtype.itemsize == 2:
-        x, y = as_bits(x), as_bits(y)
-    kernel(x, weight, float(eps), y, rstd)
+    entry("rms_norm_forward", *x.shape, x.dtype)(x, weight, float(eps), y, rstd)
 
 
 def rms_norm_backward(dy, x, rstd, weight, dx, dweight):
     """dx, and dweight unless None <- RMSNorm's backward."""
-    rows, n = x.shape
-    kernel = _rms_backward_short if _short(x, 3, rstd.itemsize) else _rms_backward
-    if x.dtype.itemsize == 2:
-        dy, x, dx = as_bits(dy), as_bits(x), as_bits(dx)
-    kernel(dy, x, rstd, weight, dx, dweight, _scratch(rows, n, rstd.dtype, 1))
+    entry("rms_norm_backward", *x.shape, x.dtype)(dy, x, rstd, weight, dx, dweight)

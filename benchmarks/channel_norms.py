@@ -26,6 +26,7 @@ import normref
 from benchmarks.run import (
     CAPTION,
     PASSES,
+    _empty_like,
     _floor,
     _inputs,
     _rows,
@@ -44,8 +45,8 @@ GROUPS = 32
 
 def _normref_fn(op, pass_, x, dy, w, b, backend, out):
     """The public API call for one cell of the table; out=True passes preallocated buffers."""
-    y = np.empty_like(x) if out else None
-    dx = np.empty_like(x) if out else None
+    y = _empty_like(x) if out else None
+    dx = _empty_like(x) if out else None
     c = x.shape[1]
     if op == "batch_norm":
         rm, rv = np.zeros(c, np.float32), np.ones(c, np.float32)
@@ -91,7 +92,7 @@ def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
         x, dy, w, b = _inputs(shape)
         planes = (shape[0] * shape[1], math.prod(shape[2:]))  # the floor streams rows of a plane
         x2, dy2 = x.reshape(planes), dy.reshape(planes)
-        fy, fdx = np.empty_like(x2), np.empty_like(x2)
+        fy, fdx = _empty_like(x2), _empty_like(x2)
         for op in ops:
             for pass_ in PASSES:
                 floor_fn, floor_bytes = _floor(pass_, x2, dy2, fy, fdx)

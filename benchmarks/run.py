@@ -1,7 +1,7 @@
 """Time LayerNorm and RMSNorm (forward, forward+backward) for every backend against PyTorch and
 against a memory-bandwidth floor, in one run.
 
-    python -m benchmarks [--quick] [--threads 2] [--json FILE]
+    python -m benchmarks [--quick] [--threads 2] [--json FILE] [--shape 64x768] [--offset 16]
 
 Why it is built this way:
 
@@ -20,6 +20,10 @@ Why it is built this way:
   temporaries (gigabytes at the large shapes, given back to the system after each call) slowed
   the floor and the kernels sampled after it by up to 1.6x.
 - Small shapes are timed as batches of calls, so that a sample lasts about a millisecond.
+- Every array starts on a cache line, as PyTorch's CPU allocator places its tensors (64 bytes);
+  NumPy's allocator promises 16, and which of the four offsets into a line an array happened to get
+  moved the 64x768 LayerNorm forward by 8% from run to run (a vector load that straddles two lines
+  costs two). `--offset 16` puts every array 16 bytes past a line, the worst case, instead.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import normref
 SHAPES = [(8192, 1024), (2048, 4096), (512, 16384), (64, 768)]
 OPS = ("layer_norm", "rms_norm")
 PASSES = ("fwd", "fwd+bwd")
+_LINE = 64  # bytes in a cache line
 
 
 @njit(parallel=True)
@@ -131,21 +136,36 @@ def _time_by_runtime(floor_fn, impls, reference_fns, rounds, reference_rounds):
     return times, floors
 
 
-def _inputs(shape, seed=0):
-    """x and dy of `shape`; weight and bias with one entry per x[:, i] (features or channels)."""
+def _inputs(shape, seed=0, offset=0):
+    """x and dy of `shape`; weight and bias with one entry per x[:, i] (features or channels); each
+    starting `offset` bytes past a cache line."""
     rng = np.random.default_rng(seed)
     n = shape[1]
     x = rng.standard_normal(shape, dtype=np.float32)
     dy = rng.standard_normal(shape, dtype=np.float32)
     w = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
     b = (0.1 * rng.standard_normal(n)).astype(np.float32)
-    return x, dy, w, b
+    return tuple(_placed(a, offset) for a in (x, dy, w, b))
+
+
+def _placed(a, offset):
+    """A copy of `a` whose data starts `offset` bytes past a cache line (_LINE bytes)."""
+    raw = np.empty(a.nbytes + _LINE + offset, np.uint8)
+    start = -raw.ctypes.data % _LINE + offset
+    placed = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    placed[...] = a
+    return placed
+
+
+def _empty_like(a):
+    """An array like `a`, its data as far past a cache line as a's."""
+    return _placed(np.empty_like(a), a.ctypes.data % _LINE)
 
 
 def _normref_fns(op, pass_, x, dy, w, b, backend, out):
     """The public API call for one cell of the table; out=True passes preallocated buffers."""
-    y = np.empty_like(x) if out else None
-    dx = np.empty_like(x) if out else None
+    y = _empty_like(x) if out else None
+    dx = _empty_like(x) if out else None
     if op == "layer_norm":
         fwd = normref.layer_norm_forward
         bwd = normref.layer_norm_backward
@@ -205,8 +225,8 @@ def _torch_fn(torch, op, pass_, x, dy, w, b):
 def _floor(pass_, x, dy, y=None, dx=None):
     """The bandwidth floor for a pass on 2-D x and dy: (a call that streams its bytes, how many
     bytes). y, dx: the buffers it writes (fresh ones by default)."""
-    y = np.empty_like(x) if y is None else y
-    dx = np.empty_like(x) if dx is None else dx
+    y = _empty_like(x) if y is None else y
+    dx = _empty_like(x) if dx is None else dx
     if pass_ == "fwd":
         return (lambda: _stream1(x, y)), 2 * x.nbytes
     return (lambda: (_stream1(x, y), _stream2(dy, x, dx))), 5 * x.nbytes
@@ -252,11 +272,11 @@ def _rows(op, shape, pass_, times, floors, nbytes, floor_bytes):
     return rows
 
 
-def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True):
+def bench(shapes, ops, threads, rounds, reference_rounds, with_torch=True, offset=0):
     torch = _threads(threads, with_torch)
     results = []
     for shape in shapes:
-        x, dy, w, b = _inputs(shape)
+        x, dy, w, b = _inputs(shape, offset=offset)
         for op in ops:
             for pass_ in PASSES:
                 floor_fn, floor_bytes = _floor(pass_, x, dy)
@@ -350,10 +370,20 @@ def main(argv=None):
     parser.add_argument(
         "--shape", action="append", type=_shape, help="only this shape, e.g. 64x768 (repeatable)"
     )
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        choices=range(0, _LINE, 4),
+        metavar="BYTES",
+        help="place every array this far past a cache line (default 0; NumPy guarantees 16)",
+    )
     args = parser.parse_args(argv)
     shapes = args.shape or SHAPES
-    results = bench(shapes, OPS, args.threads, *round_counts(args), not args.no_torch)
+    results = bench(shapes, OPS, args.threads, *round_counts(args), not args.no_torch, args.offset)
     title = f"normref norms, float32, {args.threads} threads (Numba and PyTorch)"
+    if args.offset:
+        title += f", arrays {args.offset} bytes past a cache line"
     report(results, title, CAPTION, args.json)
     return 0
 

@@ -34,6 +34,12 @@ def test_dropped_memory_is_reused_for_the_next_request_of_its_size():
     assert b.flags.c_contiguous and b.flags.writeable
 
 
+def test_fresh_memory_starts_on_a_cache_line():
+    arrays = [_buffers.empty(BIG, np.float32) for _ in range(3)]  # kept: each one fresh
+    assert len({_address(a) for a in arrays}) == 3
+    assert all(_address(a) % 64 == 0 for a in arrays)
+
+
 def test_an_extension_dtype_keeps_its_dtype_and_its_memory():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     a = _buffers.empty(BIG, ml_dtypes.bfloat16)  # the array interface alone gives '|V2'

@@ -115,3 +115,13 @@ def test_no_cupy_on_import():
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    "name", ["layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward"]
+)
+def test_entry_hands_out_the_launchers(name):
+    """What the call plans keep for a CuPy call (docs/contracts.md): the launcher itself, whatever
+    the shape and dtype, as each launch works out its own geometry."""
+    for rows, n, dtype in [(1, 1, np.float32), (7, 5000, np.float16), (64, 768, np.float64)]:
+        assert launch.entry(name, rows, n, dtype) is getattr(launch, name)

@@ -43,11 +43,11 @@ import numpy as np
 from numba import njit, prange
 
 import normref
+from normref._buffers import LINE, on_line
 
 SHAPES = [(8192, 1024), (2048, 4096), (512, 16384), (64, 768)]
 OPS = ("layer_norm", "rms_norm")
 PASSES = ("fwd", "fwd+bwd")
-_LINE = 64  # bytes in a cache line
 
 
 @njit(parallel=True)
@@ -149,17 +149,15 @@ def _inputs(shape, seed=0, offset=0):
 
 
 def _placed(a, offset):
-    """A copy of `a` whose data starts `offset` bytes past a cache line (_LINE bytes)."""
-    raw = np.empty(a.nbytes + _LINE + offset, np.uint8)
-    start = -raw.ctypes.data % _LINE + offset
-    placed = raw[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    """A copy of `a` whose data starts `offset` bytes past a cache line."""
+    placed = on_line(a.shape, a.dtype, offset)
     placed[...] = a
     return placed
 
 
 def _empty_like(a):
     """An array like `a`, its data as far past a cache line as a's."""
-    return _placed(np.empty_like(a), a.ctypes.data % _LINE)
+    return on_line(a.shape, a.dtype, a.ctypes.data % LINE)
 
 
 def _normref_fns(op, pass_, x, dy, w, b, backend, out):
@@ -374,7 +372,7 @@ def main(argv=None):
         "--offset",
         type=int,
         default=0,
-        choices=range(0, _LINE, 4),
+        choices=range(0, LINE, 4),
         metavar="BYTES",
         help="place every array this far past a cache line (default 0; NumPy guarantees 16)",
     )

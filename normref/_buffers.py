@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_BYTES", "FREE_BYTES", "FREE_PER_SIZE", "empty", "release"]
+__all__ = ["LINE", "MIN_BYTES", "FREE_BYTES", "FREE_PER_SIZE", "empty", "on_line", "release"]
 
 MIN_BYTES = 1 << 20  # below this the allocator's own reuse (no page faults) is as good
 FREE_BYTES = 512 << 20  # free memory kept in all
 FREE_PER_SIZE = 4  # free buffers kept per byte size (a step's outputs: y, dx, ...)
-_LINE = 64  # bytes in a cache line
+LINE = 64  # bytes in a cache line
 
 _lock = threading.Lock()
 _free: dict[int, list[np.ndarray]] = {}  # byte size -> raw uint8 buffers no array uses
@@ -63,7 +63,7 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
     raw = _take(nbytes)
     if raw is None:
-        raw = _fresh(nbytes)
+        raw = on_line((nbytes,), np.uint8)
     # The array's base is the block (NumPy keeps an __array_interface__ exporter as the base). The
     # interface carries only a type string, which for an extension dtype such as ml_dtypes'
     # bfloat16 reads back as raw bytes ('|V2'): a view restores the dtype, and keeps the block.
@@ -71,13 +71,16 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
     return array if array.dtype == dtype else array.view(dtype)
 
 
-def _fresh(nbytes: int) -> np.ndarray:
-    """`nbytes` bytes of new memory starting on a cache line, as PyTorch places its tensors: NumPy
-    promises 16 bytes, and a large allocation lands 16 bytes past a page, so that every second
-    32-byte vector load straddles two lines and costs two."""
-    whole = np.empty(nbytes + _LINE, dtype=np.uint8)
-    start = -whole.ctypes.data % _LINE
-    return whole[start : start + nbytes]
+def on_line(shape: tuple[int, ...], dtype: Any, offset: int = 0) -> np.ndarray:
+    """A new uninitialised C-contiguous array whose data starts `offset` bytes past a cache line
+    (0: on one, as PyTorch places its tensors). NumPy promises 16 bytes, and a large allocation
+    lands 16 bytes past a page, so that every second 32-byte vector load straddles two lines and
+    costs two."""
+    dtype = np.dtype(dtype)
+    nbytes = dtype.itemsize * math.prod(shape)
+    whole = np.empty(nbytes + LINE + offset, dtype=np.uint8)
+    start = -whole.ctypes.data % LINE + offset
+    return whole[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def release() -> None:

@@ -70,8 +70,7 @@ def rms_norm_forward(x, weight=None, *, normalized_shape=None, eps=None, out=Non
             y,
             rstd,
         )
-    if y is not out:
-        y = _xp.deliver(xp, y, out, tuple(x.shape))
+    y = _xp.deliver(xp, y, out, tuple(x.shape))
     return y, _tuple_new(RMSNormSaved, (x, _xp.reshape(xp, rstd, stats_shape), weight, k))
 
 
@@ -106,8 +105,7 @@ def rms_norm_backward(dy, saved: RMSNormSaved, *, out=None, backend=None):
             dx,
             dweight,
         )
-    if dx is not out:
-        dx = _xp.deliver(xp, dx, out, tuple(x.shape))
+    dx = _xp.deliver(xp, dx, out, tuple(x.shape))
     if dweight is not None and not direct:  # to the weight's dtype and shape
         dweight = xp.reshape(xp.astype(dweight, weight.dtype, copy=False), tuple(weight.shape))
     return dx, dweight

@@ -15,9 +15,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["LINE", "prefetch_block"]
+from normref._buffers import LINE
 
-LINE = 64  # bytes per cache line
+__all__ = ["LINE", "prefetch_block"]
 
 
 def _make_prefetch(write):

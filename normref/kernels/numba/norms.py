@@ -55,6 +55,7 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from normref._buffers import on_line
 from normref.kernels.numba._half import as_bits, holds_floats, load, store, zero
 from normref.kernels.numba._prefetch import LINE, prefetch_block
 
@@ -602,10 +603,7 @@ def _scratch(rows, n, dtype, arrays):
     # >= what _partials uses: each chunk's row padded to a whole cache line (< n + 16 elements)
     size = arrays * (min(rows, _MAX_CHUNKS) * (n + 16) + _SKEW)
     if buf is None or buf.shape[0] < size:
-        line = LINE // dtype.itemsize
-        raw = np.empty(size + line, dtype=dtype)
-        skip = (-raw.ctypes.data % LINE) // dtype.itemsize
-        buf = raw[skip : skip + size]
+        buf = on_line((size,), dtype)
         setattr(_local, dtype.char, buf)
     return buf
 
